@@ -478,4 +478,3 @@ func TestAllowNeverJumpsTheQueue(t *testing.T) {
 	l.mu.Unlock()
 	assert.True(t, l.Allow())
 }
-
