@@ -1,0 +1,129 @@
+package limiter
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// The benchmarks compare Allow with x/time/rate's Allow in the same run, on
+// the two paths a client sees: every call admitted (a rule so loose it never
+// binds), and every call refused (100 per minute hammered far past it).
+// Run them with: go test -run '^$' -bench . -benchmem
+
+func mustNew(b *testing.B, limit int, window time.Duration) *Limiter {
+	l, err := New(limit, window)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return l
+}
+
+// looseLimiter admits every call: a million per millisecond is far more
+// than one goroutine, or two cores, can ask for.
+func looseLimiter(b *testing.B) *Limiter { return mustNew(b, 1_000_000, time.Millisecond) }
+
+func looseRate() *rate.Limiter { return rate.NewLimiter(1e12, 1_000_000) }
+
+// fullLimiter and fullRate refuse every call: 100 per minute, all spent.
+func fullLimiter(b *testing.B) *Limiter {
+	l := mustNew(b, DefaultLimit, DefaultWindow)
+	for range DefaultLimit {
+		l.Allow()
+	}
+	return l
+}
+
+// fullRate refills one token each 600 ms, so a long run sees a few admitted
+// calls among millions: its result is not checked.
+func fullRate() func() bool {
+	r := rate.NewLimiter(rate.Every(DefaultWindow/DefaultLimit), DefaultLimit)
+	for range DefaultLimit {
+		r.Allow()
+	}
+	return func() bool { r.Allow(); return false }
+}
+
+func benchAllow(b *testing.B, allow func() bool, want bool) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if allow() != want {
+			b.Fatalf("Allow = %v, want %v", !want, want)
+		}
+	}
+}
+
+func benchAllowParallel(b *testing.B, allow func() bool, want bool) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if allow() != want {
+				b.Errorf("Allow = %v, want %v", !want, want)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkAllow(b *testing.B) {
+	b.Run("admit/limiter", func(b *testing.B) { benchAllow(b, looseLimiter(b).Allow, true) })
+	b.Run("admit/x-time-rate", func(b *testing.B) { benchAllow(b, looseRate().Allow, true) })
+	b.Run("refuse/limiter", func(b *testing.B) { benchAllow(b, fullLimiter(b).Allow, false) })
+	b.Run("refuse/x-time-rate", func(b *testing.B) { benchAllow(b, fullRate(), false) })
+}
+
+func BenchmarkAllowParallel(b *testing.B) {
+	b.Run("admit/limiter", func(b *testing.B) { benchAllowParallel(b, looseLimiter(b).Allow, true) })
+	b.Run("admit/x-time-rate", func(b *testing.B) { benchAllowParallel(b, looseRate().Allow, true) })
+	b.Run("refuse/limiter", func(b *testing.B) { benchAllowParallel(b, fullLimiter(b).Allow, false) })
+	b.Run("refuse/x-time-rate", func(b *testing.B) { benchAllowParallel(b, fullRate(), false) })
+}
+
+// BenchmarkAllowLimitSize shows that a call costs the same whatever the
+// limit: the log is a ring, and admission looks only at its ends.
+func BenchmarkAllowLimitSize(b *testing.B) {
+	for _, n := range []int{100, 100_000} {
+		name := "limit=" + map[int]string{100: "100", 100_000: "100000"}[n]
+		b.Run(name+"/admit", func(b *testing.B) {
+			// Calls take tens of nanoseconds: n per 10n ns never fills,
+			// and the ring holds a few hundred calls in both cases.
+			l := mustNew(b, n, time.Duration(n)*10*time.Nanosecond)
+			benchAllow(b, l.Allow, true)
+		})
+		b.Run(name+"/refuse", func(b *testing.B) {
+			l := mustNew(b, n, time.Hour)
+			for range n {
+				l.Allow()
+			}
+			benchAllow(b, l.Allow, false)
+		})
+	}
+}
+
+// BenchmarkWaitWakeLatency measures, on SystemClock, how late a blocked
+// waiter is admitted after its slot frees, and reports the 99th percentile
+// as p99-late-µs. Each iteration waits a whole 1 ms window.
+func BenchmarkWaitWakeLatency(b *testing.B) {
+	const w = time.Millisecond
+	l := mustNew(b, 1, w)
+	ctx := context.Background()
+	var late []time.Duration
+	for b.Loop() {
+		start := time.Now() // no later than the admission below
+		if !l.Allow() {
+			b.Fatal("slot not free")
+		}
+		if err := l.Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+		late = append(late, time.Since(start)-w)
+		time.Sleep(w) // the window empties for the next iteration
+	}
+	slices.Sort(late)
+	p99 := late[len(late)*99/100]
+	b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-late-µs")
+	b.ReportMetric(float64(late[len(late)/2])/float64(time.Microsecond), "p50-late-µs")
+}
