@@ -89,8 +89,8 @@ func (c *ManualClock) NewTimer(d time.Duration) Timer {
 }
 
 // Advance moves the clock forward by d, firing every timer that falls due, in
-// the order of their instants (creation order for equal instants). While a
-// timer fires, Now reads that timer's instant. A negative d is treated as 0.
+// the order of their instants (creation order for equal instants); each
+// timer delivers its own instant. A negative d is treated as 0.
 func (c *ManualClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
