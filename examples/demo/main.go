@@ -24,7 +24,7 @@
 //	go run ./examples/demo                 # 100 calls per 10 s, about 25 s
 //	go run ./examples/demo -window 60s     # the real quota, 100 calls per minute (about 2 min)
 //	go run ./examples/demo -json           # one JSON object per client, for scripts
-//	go run ./examples/demo -count-refused  # a server that counts 429s against the quota too
+//	go run ./examples/demo -count-refused=false  # a server whose 429s do not count against the quota
 package main
 
 import (
@@ -68,7 +68,7 @@ func main() {
 	flag.IntVar(&opt.workers, "workers", 8, "concurrent workers per client")
 	flag.Var(&opt.latency, "latency", "server latency per accepted call: a range MIN-MAX or a single duration")
 	flag.Uint64Var(&opt.seed, "seed", 1, "seed of the server's random latency")
-	flag.BoolVar(&opt.countRefused, "count-refused", false, "the server counts refused (429) calls against the quota too")
+	flag.BoolVar(&opt.countRefused, "count-refused", true, "the server counts refused (429) calls against the quota, as many real APIs do")
 	flag.BoolVar(&opt.json, "json", false, "print one JSON object per client instead of the table")
 	flag.Parse()
 	if opt.limit <= 0 || opt.window <= 0 || opt.calls <= 0 || opt.workers <= 0 {
