@@ -12,12 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// groupT0 is where the group tests' clocks start.
-var groupT0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
-
 func newTestGroup(t *testing.T, limit int, window time.Duration, opts ...Option) (*Group, *ManualClock) {
 	t.Helper()
-	c := NewManualClock(groupT0)
+	c := NewManualClock(t0)
 	g, err := NewGroup(limit, window, append([]Option{WithClock(c)}, opts...)...)
 	require.NoError(t, err)
 	return g, c
@@ -77,11 +74,11 @@ func TestGroupDropsIdleKeys(t *testing.T) {
 	a := g.Get("a")
 	assert.Equal(t, 2, g.Len())
 
-	c.Set(groupT0.Add(w - time.Nanosecond))
+	c.Set(t0.Add(w - time.Nanosecond))
 	assert.Equal(t, 2, g.Len(), "a's call still counts")
-	c.Set(groupT0.Add(w))
+	c.Set(t0.Add(w))
 	assert.Equal(t, 2, g.Len(), "a is idle, but Get returned it 10s after t0")
-	c.Set(groupT0.Add(10*time.Second + w))
+	c.Set(t0.Add(10*time.Second + w))
 	assert.Equal(t, 0, g.Len(), "a and b idle, Get's grace over")
 	assert.NotSame(t, a, g.Get("a"), "a dropped key gets a new limiter")
 	assert.Equal(t, 1, g.Len())
@@ -92,7 +89,7 @@ func TestGroupKeepsBusyKeys(t *testing.T) {
 	g, c := newTestGroup(t, 1, w)
 	ctx := context.Background()
 
-	g.Get("paused").PauseUntil(groupT0.Add(3 * w))
+	g.Get("paused").PauseUntil(t0.Add(3 * w))
 	p, err := g.Get("inflight").Acquire(ctx)
 	require.NoError(t, err)
 

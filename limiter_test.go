@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// t0 is where the tests' clocks start: a whole second, so that Unix-second
+// resets in the transport tests give whole waits.
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // newManual returns a limiter on a ManualClock that reads t0.

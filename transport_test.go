@@ -17,10 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// trT0 is where the transport tests' clocks start: a whole second, so that
-// Unix-second resets give whole waits.
-var trT0 = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
-
 // trackedBody is a response or request body that records whether it was
 // closed and how much of it was read.
 type trackedBody struct {
@@ -195,7 +191,7 @@ func TestTransportDefaults(t *testing.T) {
 }
 
 func TestTransportRetryAfterPausesThenRetries(t *testing.T) {
-	tr, f, l, c := newTestTransport(t, trT0, 100, time.Minute, replies(
+	tr, f, l, c := newTestTransport(t, t0, 100, time.Minute, replies(
 		answer(http.StatusTooManyRequests, "Retry-After", "10"),
 		answer(http.StatusOK),
 	))
@@ -203,7 +199,7 @@ func TestTransportRetryAfterPausesThenRetries(t *testing.T) {
 	ch := roundTrip(tr, newGet(t, ctx, "https://api.example.com/v1/things"))
 
 	blockUntil(t, c, 1, "the retry waits on the clock")
-	assert.Equal(t, trT0.Add(10*time.Second), l.Stats().PausedUntil, "paused to exactly the server's time")
+	assert.Equal(t, t0.Add(10*time.Second), l.Stats().PausedUntil, "paused to exactly the server's time")
 	assert.Len(t, f.callsSeen(), 1)
 	assert.Equal(t, int32(1), f.body(0).closed.Load(), "the 429's body is closed")
 	assert.Equal(t, int64(100), f.body(0).read.Load(), "and drained")
@@ -217,7 +213,7 @@ func TestTransportRetryAfterPausesThenRetries(t *testing.T) {
 	assert.Equal(t, http.StatusOK, r.resp.StatusCode)
 	calls := f.callsSeen()
 	require.Len(t, calls, 2)
-	assert.Equal(t, trT0.Add(10*time.Second), calls[1].at, "the retry goes at the Retry-After")
+	assert.Equal(t, t0.Add(10*time.Second), calls[1].at, "the retry goes at the Retry-After")
 	assert.Equal(t, int32(0), f.body(1).closed.Load(), "the returned body is the caller's to close")
 	st := l.Stats()
 	assert.Equal(t, 2, st.InWindow, "both attempts count")
@@ -225,7 +221,7 @@ func TestTransportRetryAfterPausesThenRetries(t *testing.T) {
 }
 
 func TestTransportThrottleWaits(t *testing.T) {
-	date := trT0.Add(90 * time.Second).Format(http.TimeFormat)
+	date := t0.Add(90 * time.Second).Format(http.TimeFormat)
 	for _, tc := range []struct {
 		name   string
 		status int
@@ -247,7 +243,7 @@ func TestTransportThrottleWaits(t *testing.T) {
 		{"exponent", 429, []string{"Retry-After", "1e309"}, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, f, l, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(tc.status, tc.kv...)))
+			tr, f, l, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(tc.status, tc.kv...)))
 			tr.MaxRetries = 0
 			var throttled []time.Duration
 			tr.OnThrottle = func(_ *http.Request, _ *http.Response, wait time.Duration) {
@@ -258,7 +254,7 @@ func TestTransportThrottleWaits(t *testing.T) {
 			assert.Equal(t, tc.status, resp.StatusCode)
 			assert.Len(t, f.callsSeen(), 1)
 			require.Len(t, throttled, 1)
-			paused := l.Stats().PausedUntil.Sub(trT0)
+			paused := l.Stats().PausedUntil.Sub(t0)
 			if tc.want < 0 {
 				assert.GreaterOrEqual(t, paused, 500*time.Millisecond)
 				assert.LessOrEqual(t, paused, time.Second)
@@ -271,17 +267,17 @@ func TestTransportThrottleWaits(t *testing.T) {
 }
 
 func TestTransportMaxRetryAfterZeroMeansDefault(t *testing.T) {
-	tr, _, l, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "3600")))
+	tr, _, l, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "3600")))
 	tr.MaxRetries = 0
 	tr.MaxRetryAfter = 0
 	_, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
 	require.NoError(t, err)
-	assert.Equal(t, trT0.Add(DefaultMaxRetryAfter), l.Stats().PausedUntil)
+	assert.Equal(t, t0.Add(DefaultMaxRetryAfter), l.Stats().PausedUntil)
 }
 
 func TestTransportRetryLimit(t *testing.T) {
 	for _, max := range []int{0, 1, 2, 3} {
-		tr, f, _, c := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "1")))
+		tr, f, _, c := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "1")))
 		tr.MaxRetries = max
 		ctx := context.Background()
 		ch := roundTrip(tr, newGet(t, ctx, "https://api.example.com/"))
@@ -302,7 +298,7 @@ func TestTransportRetryLimit(t *testing.T) {
 }
 
 func TestTransportNegativeMaxRetries(t *testing.T) {
-	tr, f, _, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "1")))
+	tr, f, _, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "1")))
 	tr.MaxRetries = -1
 	resp, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
 	require.NoError(t, err)
@@ -311,7 +307,7 @@ func TestTransportNegativeMaxRetries(t *testing.T) {
 }
 
 func TestTransportNonReplayableBody(t *testing.T) {
-	tr, f, l, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "5"), answer(200)))
+	tr, f, l, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "5"), answer(200)))
 	body := newBody("payload")
 	req, err := http.NewRequest(http.MethodPost, "https://api.example.com/", body)
 	require.NoError(t, err)
@@ -324,11 +320,11 @@ func TestTransportNonReplayableBody(t *testing.T) {
 	assert.Equal(t, int32(0), f.body(0).closed.Load(), "the 429 is returned as it is")
 	assert.Equal(t, int64(0), f.body(0).read.Load())
 	assert.Equal(t, int32(1), body.closed.Load(), "the request body was closed, once")
-	assert.Equal(t, trT0.Add(5*time.Second), l.Stats().PausedUntil, "the limiter is paused all the same")
+	assert.Equal(t, t0.Add(5*time.Second), l.Stats().PausedUntil, "the limiter is paused all the same")
 }
 
 func TestTransportReplaysBodyAndKeepsRequest(t *testing.T) {
-	tr, f, _, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "0"), answer(201)))
+	tr, f, _, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "0"), answer(201)))
 	req, err := http.NewRequest(http.MethodPost, "https://api.example.com/items?x=1", bytes.NewReader([]byte(`{"a":1}`)))
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer t")
@@ -344,7 +340,7 @@ func TestTransportReplaysBodyAndKeepsRequest(t *testing.T) {
 	assert.Equal(t, `{"a":1}`, calls[1].body, "the retry sends the same bytes")
 	assert.Equal(t, origHeader, calls[1].header)
 	assert.NotSame(t, req, calls[1].req, "the retry is a clone")
-	assert.Equal(t, trT0, calls[1].at, "Retry-After: 0 retries at once")
+	assert.Equal(t, t0, calls[1].at, "Retry-After: 0 retries at once")
 
 	assert.True(t, origBody == req.Body, "the caller's request keeps its body")
 	assert.Equal(t, origHeader, req.Header, "and its header")
@@ -382,7 +378,7 @@ func TestTransportRetriesBeforeDeadline(t *testing.T) {
 }
 
 func TestTransport503WithoutRetryAfter(t *testing.T) {
-	tr, f, l, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(503), answer(200)))
+	tr, f, l, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(503), answer(200)))
 	throttled := 0
 	tr.OnThrottle = func(*http.Request, *http.Response, time.Duration) { throttled++ }
 	resp, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
@@ -394,7 +390,7 @@ func TestTransport503WithoutRetryAfter(t *testing.T) {
 }
 
 func TestTransport503WithRetryAfterRetries(t *testing.T) {
-	tr, f, _, c := newTestTransport(t, trT0, 100, time.Minute, replies(answer(503, "Retry-After", "2"), answer(200)))
+	tr, f, _, c := newTestTransport(t, t0, 100, time.Minute, replies(answer(503, "Retry-After", "2"), answer(200)))
 	ctx := context.Background()
 	ch := roundTrip(tr, newGet(t, ctx, "https://api.example.com/"))
 	blockUntil(t, c, 1)
@@ -406,7 +402,7 @@ func TestTransport503WithRetryAfterRetries(t *testing.T) {
 }
 
 func TestTransportQuotaHeadersPause(t *testing.T) {
-	unix := func(d time.Duration) string { return strconv.FormatInt(trT0.Add(d).Unix(), 10) }
+	unix := func(d time.Duration) string { return strconv.FormatInt(t0.Add(d).Unix(), 10) }
 	for _, tc := range []struct {
 		name string
 		kv   []string
@@ -421,7 +417,7 @@ func TestTransportQuotaHeadersPause(t *testing.T) {
 		{"capped", []string{"X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "86400"}, 5 * time.Minute},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, f, l, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(200, tc.kv...)))
+			tr, f, l, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(200, tc.kv...)))
 			resp, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
 			require.NoError(t, err)
 			assert.Equal(t, 200, resp.StatusCode)
@@ -431,14 +427,14 @@ func TestTransportQuotaHeadersPause(t *testing.T) {
 				assert.Equal(t, 99, l.Remaining(), "and not loosened either")
 				return
 			}
-			assert.Equal(t, trT0.Add(tc.want), l.Stats().PausedUntil)
+			assert.Equal(t, t0.Add(tc.want), l.Stats().PausedUntil)
 			assert.Zero(t, l.Remaining())
 		})
 	}
 }
 
 func TestTransportHooks(t *testing.T) {
-	tr, _, _, c := newTestTransport(t, trT0, 1, time.Minute, replies(answer(429, "Retry-After", "3"), answer(200)))
+	tr, _, _, c := newTestTransport(t, t0, 1, time.Minute, replies(answer(429, "Retry-After", "3"), answer(200)))
 	type waited struct {
 		req *http.Request
 		d   time.Duration
@@ -478,7 +474,7 @@ func TestTransportHooks(t *testing.T) {
 }
 
 func TestTransportOnWaitThreshold(t *testing.T) {
-	tr, _, _, c := newTestTransport(t, trT0, 1, time.Second, replies(answer(200)))
+	tr, _, _, c := newTestTransport(t, t0, 1, time.Second, replies(answer(200)))
 	var got []time.Duration
 	tr.WaitThreshold = time.Second
 	tr.OnWait = func(_ *http.Request, d time.Duration) { got = append(got, d) }
@@ -495,7 +491,7 @@ func TestTransportOnWaitThreshold(t *testing.T) {
 func TestTransportPermitDoneWhenHeadersArrive(t *testing.T) {
 	release := make(chan struct{})
 	arrived := make(chan struct{})
-	tr, _, l, c := newTestTransport(t, trT0, 2, time.Minute, func(n int, _ *http.Request) (*http.Response, error) {
+	tr, _, l, c := newTestTransport(t, t0, 2, time.Minute, func(n int, _ *http.Request) (*http.Response, error) {
 		close(arrived)
 		<-release
 		return respond(200), nil
@@ -510,15 +506,15 @@ func TestTransportPermitDoneWhenHeadersArrive(t *testing.T) {
 	st := l.Stats()
 	assert.Equal(t, 0, st.InFlight)
 	assert.Equal(t, 1, st.InWindow)
-	c.Set(trT0.Add(5*time.Second + time.Minute - time.Nanosecond))
+	c.Set(t0.Add(5*time.Second + time.Minute - time.Nanosecond))
 	assert.Equal(t, 1, l.Stats().InWindow, "the call counts from when its response arrived")
-	c.Set(trT0.Add(5*time.Second + time.Minute))
+	c.Set(t0.Add(5*time.Second + time.Minute))
 	assert.Equal(t, 0, l.Stats().InWindow)
 }
 
 func TestTransportBaseError(t *testing.T) {
 	boom := errors.New("connection refused")
-	tr, _, l, _ := newTestTransport(t, trT0, 5, time.Minute, func(int, *http.Request) (*http.Response, error) {
+	tr, _, l, _ := newTestTransport(t, t0, 5, time.Minute, func(int, *http.Request) (*http.Response, error) {
 		return nil, boom
 	})
 	resp, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
@@ -531,7 +527,7 @@ func TestTransportBaseError(t *testing.T) {
 
 func TestTransportResponseAndErrorNeverBoth(t *testing.T) {
 	boom := errors.New("half a response")
-	tr, f, _, _ := newTestTransport(t, trT0, 5, time.Minute, func(int, *http.Request) (*http.Response, error) {
+	tr, f, _, _ := newTestTransport(t, t0, 5, time.Minute, func(int, *http.Request) (*http.Response, error) {
 		return respond(200), boom
 	})
 	resp, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
@@ -541,7 +537,7 @@ func TestTransportResponseAndErrorNeverBoth(t *testing.T) {
 }
 
 func TestTransportAcquireErrorClosesBody(t *testing.T) {
-	tr, f, l, _ := newTestTransport(t, trT0, 5, time.Minute, replies(answer(200)))
+	tr, f, l, _ := newTestTransport(t, t0, 5, time.Minute, replies(answer(200)))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	body := newBody("payload")
@@ -556,7 +552,7 @@ func TestTransportAcquireErrorClosesBody(t *testing.T) {
 }
 
 func TestTransportCancelledWhileWaitingForRetry(t *testing.T) {
-	tr, f, _, c := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "10"), answer(200)))
+	tr, f, _, c := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "10"), answer(200)))
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := roundTrip(tr, newGet(t, ctx, "https://api.example.com/"))
 	blockUntil(t, c, 1)
@@ -569,7 +565,7 @@ func TestTransportCancelledWhileWaitingForRetry(t *testing.T) {
 }
 
 func TestTransportGetBodyError(t *testing.T) {
-	tr, f, l, _ := newTestTransport(t, trT0, 100, time.Minute, replies(answer(429, "Retry-After", "0"), answer(200)))
+	tr, f, l, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(429, "Retry-After", "0"), answer(200)))
 	req, err := http.NewRequest(http.MethodPut, "https://api.example.com/", strings.NewReader("x"))
 	require.NoError(t, err)
 	bad := errors.New("gone")
@@ -607,7 +603,7 @@ type acquireOnly struct{ l *Limiter }
 func (a acquireOnly) Acquire(ctx context.Context) (Permit, error) { return a.l.Acquire(ctx) }
 
 func TestTransportSleepsForAcquirerWithoutPause(t *testing.T) {
-	c := NewManualClock(trT0)
+	c := NewManualClock(t0)
 	l, err := New(100, time.Minute, WithClock(c))
 	require.NoError(t, err)
 	f := &fakeRT{clock: c, reply: replies(answer(429, "Retry-After", "5"), answer(200))}
@@ -625,11 +621,11 @@ func TestTransportSleepsForAcquirerWithoutPause(t *testing.T) {
 	assert.Equal(t, 200, r.resp.StatusCode)
 	calls := f.callsSeen()
 	require.Len(t, calls, 2)
-	assert.Equal(t, trT0.Add(5*time.Second), calls[1].at)
+	assert.Equal(t, t0.Add(5*time.Second), calls[1].at)
 }
 
 func TestGroupTransportKeysByHost(t *testing.T) {
-	c := NewManualClock(trT0)
+	c := NewManualClock(t0)
 	g, err := NewGroup(2, time.Minute, WithClock(c))
 	require.NoError(t, err)
 	f := &fakeRT{clock: c, reply: func(_ int, req *http.Request) (*http.Response, error) {
@@ -649,7 +645,7 @@ func TestGroupTransportKeysByHost(t *testing.T) {
 	assert.Equal(t, 200, resp.StatusCode)
 
 	a, b := g.Get("a.example.com").Stats(), g.Get("b.example.com").Stats()
-	assert.Equal(t, trT0.Add(30*time.Second), a.PausedUntil, "a's limiter paused")
+	assert.Equal(t, t0.Add(30*time.Second), a.PausedUntil, "a's limiter paused")
 	assert.True(t, b.PausedUntil.IsZero(), "b's not")
 	assert.Equal(t, 1, a.InWindow)
 	assert.Equal(t, 1, b.InWindow)
@@ -657,7 +653,7 @@ func TestGroupTransportKeysByHost(t *testing.T) {
 }
 
 func TestGroupTransportKeyFunc(t *testing.T) {
-	c := NewManualClock(trT0)
+	c := NewManualClock(t0)
 	g, err := NewGroup(1, time.Minute, WithClock(c))
 	require.NoError(t, err)
 	f := &fakeRT{clock: c, reply: replies(answer(200))}
@@ -739,7 +735,7 @@ func BenchmarkGroupTransport(b *testing.B) {
 // host's limiter, none is lost with a dropped one.
 func TestGroupTransportConcurrent(t *testing.T) {
 	const hosts, workers, each = 5, 8, 50
-	c := NewManualClock(trT0)
+	c := NewManualClock(t0)
 	g, err := NewGroup(1000, time.Minute, WithClock(c))
 	require.NoError(t, err)
 	f := &fakeRT{clock: c, reply: replies(answer(200))}
