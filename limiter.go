@@ -155,8 +155,9 @@ func newConfig(limit int, window time.Duration, opts []Option) (*config, error) 
 // Waiters are served first in, first out, and Allow never jumps the queue.
 // PauseUntil holds every call back until a time the server names.
 //
-// A Limiter is safe for concurrent use. It starts no goroutines and holds
-// no lock while waiting.
+// Make a Limiter with New; the zero value is not usable. A Limiter is safe
+// for concurrent use. It starts no goroutines and holds no lock while
+// waiting.
 type Limiter struct {
 	mu          sync.Mutex
 	rules       []window
