@@ -50,7 +50,8 @@ func (t sysTimer) C() <-chan time.Time { return t.Timer.C }
 // without sleeping. Waiters and BlockUntil let a test wait until a goroutine
 // under test is blocked on a timer before moving the clock.
 //
-// A ManualClock is safe for concurrent use.
+// The zero ManualClock reads the zero time. A ManualClock is safe for
+// concurrent use.
 type ManualClock struct {
 	mu      sync.Mutex
 	now     time.Time
@@ -76,8 +77,20 @@ func (c *ManualClock) Now() time.Time {
 func (c *ManualClock) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &manualTimer{clock: c, c: make(chan time.Time, 1), when: c.now.Add(d), index: -1}
-	if d <= 0 {
+	return c.timerAtLocked(c.now.Add(d))
+}
+
+// timerAt returns a Timer that fires when the clock reaches when, at once
+// if it has already.
+func (c *ManualClock) timerAt(when time.Time) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.timerAtLocked(when)
+}
+
+func (c *ManualClock) timerAtLocked(when time.Time) Timer {
+	t := &manualTimer{clock: c, c: make(chan time.Time, 1), when: when, index: -1}
+	if !when.After(c.now) {
 		t.c <- c.now
 		return t
 	}
@@ -129,6 +142,8 @@ func (c *ManualClock) moveLocked(target time.Time) {
 
 // Waiters returns how many timers have been made and have neither fired nor
 // been stopped: in a Limiter's tests, how many callers sleep on the clock.
+// (A caller of Wait that waits only for permits in flight to end sleeps on
+// no timer; Stats().Waiting counts every waiter.)
 func (c *ManualClock) Waiters() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -144,6 +159,9 @@ func (c *ManualClock) BlockUntil(ctx context.Context, n int) error {
 			c.mu.Unlock()
 			return nil
 		}
+		if c.changed == nil { // the zero ManualClock
+			c.changed = make(chan struct{})
+		}
 		changed := c.changed
 		c.mu.Unlock()
 		select {
@@ -155,7 +173,9 @@ func (c *ManualClock) BlockUntil(ctx context.Context, n int) error {
 }
 
 func (c *ManualClock) notifyLocked() {
-	close(c.changed)
+	if c.changed != nil {
+		close(c.changed)
+	}
 	c.changed = make(chan struct{})
 }
 

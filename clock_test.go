@@ -124,3 +124,21 @@ func TestSystemClockInSynctest(t *testing.T) {
 		assert.False(t, tm.Stop())
 	})
 }
+
+func TestManualClockZeroValue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var fresh ManualClock
+		assert.Equal(t, 1, func() int { fresh.NewTimer(time.Second); return fresh.Waiters() }())
+
+		var c ManualClock
+		assert.True(t, c.Now().IsZero())
+		done := make(chan error, 1)
+		go func() { done <- c.BlockUntil(context.Background(), 1) }()
+		synctest.Wait()
+		tm := c.NewTimer(time.Second)
+		require.NoError(t, <-done)
+		c.Advance(time.Second)
+		_, ok := fired(tm)
+		assert.True(t, ok)
+	})
+}

@@ -245,14 +245,68 @@ func (l *Limiter) nextLocked(now time.Duration) time.Duration {
 	return at
 }
 
+// maxReplay bounds the waiters ahead for which earliestLocked replays the
+// admissions of several rules; past it, it takes each rule's own bound.
+const maxReplay = 1024
+
 // earliestLocked returns a lower bound of the instant at which a waiter
-// with ahead waiters before it can be admitted. l.mu must be held.
+// with ahead waiters before it can be admitted, assuming they all go first
+// and every permit in flight is cancelled. l.mu must be held.
 func (l *Limiter) earliestLocked(now time.Duration, ahead int) time.Duration {
 	at := max(now, l.pausedUntil)
-	for i := range l.rules {
-		at = max(at, l.rules[i].earliest(now, ahead))
+	if len(l.rules) == 1 || ahead > maxReplay {
+		for i := range l.rules {
+			at = max(at, l.rules[i].earliest(now, ahead))
+		}
+		return at
 	}
-	return at
+	// One rule's delays push the others': replay the admissions ahead,
+	// each as early as every rule allows. The j-th of them is call n+j of
+	// a rule whose log holds n, and waits for call n+j-limit to leave.
+	sim := make([]time.Duration, 0, ahead+1)
+	for j := 0; j <= ahead; j++ {
+		a := at
+		for i := range l.rules {
+			r := &l.rules[i]
+			switch k := r.n + j - r.limit; {
+			case k < 0:
+			case k < r.n:
+				a = max(a, addSat(r.at(k), r.size))
+			default:
+				a = max(a, addSat(sim[k-r.n], r.size))
+			}
+		}
+		sim = append(sim, a)
+	}
+	return sim[ahead]
+}
+
+// untilDeadline returns how long remains before the context deadline dl,
+// given the clock reading t. A deadline is on the real clock (or a
+// synctest bubble's), while a ManualClock may read any time at all: on a
+// clock other than SystemClock, dl is read on whichever of the two it lies
+// nearer to, so that a deadline made with context.WithTimeout and one made
+// from clock.Now() both work.
+func (l *Limiter) untilDeadline(dl time.Time, t time.Duration) time.Duration {
+	byClock := dl.Sub(l.epoch.Add(t))
+	if l.system {
+		return byClock
+	}
+	if byReal := time.Until(dl); byReal.Abs() < byClock.Abs() {
+		return byReal
+	}
+	return byClock
+}
+
+// newTimer returns a timer that fires when the limiter's clock reaches the
+// instant at, which lies after now. A ManualClock gets the instant itself,
+// so that an Advance between reading now and making the timer cannot make
+// the timer late.
+func (l *Limiter) newTimer(at, now time.Duration) Timer {
+	if c, ok := l.clock.(*ManualClock); ok {
+		return c.timerAt(l.epoch.Add(at))
+	}
+	return l.clock.NewTimer(at - max(now, l.since()))
 }
 
 // recordLocked logs a call admitted at now in every rule.
@@ -282,6 +336,12 @@ func (l *Limiter) Allow() bool {
 // first, an error wrapping ErrWouldExceedDeadline at once when no slot can
 // free before ctx's deadline, and ErrQueueFull when the queue is full; a
 // call that fails takes no slot.
+//
+// The deadline check counts the waiters ahead and the rules' logs, and
+// assumes that permits in flight may be cancelled, so it fails only when
+// the deadline is certain to pass first. On a clock other than
+// SystemClock, such as a ManualClock, the deadline is read on whichever of
+// the real and the clock's timeline it lies nearer to.
 func (l *Limiter) Wait(ctx context.Context) error {
 	_, err := l.wait(ctx, false)
 	return err
@@ -329,9 +389,9 @@ func (l *Limiter) wait(ctx context.Context, hold bool) (*permit, error) {
 		return nil, ErrQueueFull
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		// A lower bound: it assumes every permit in flight is cancelled.
+		// A context that ends as the slot frees cannot take it either.
 		wait := l.earliestLocked(now, l.queue.len) - now
-		if wait > dl.Sub(l.epoch.Add(t)) {
+		if wait >= l.untilDeadline(dl, t) {
 			l.mu.Unlock()
 			return nil, fmt.Errorf("limiter: next slot in %v, after the context deadline: %w", wait, ErrWouldExceedDeadline)
 		}
@@ -360,7 +420,7 @@ func (l *Limiter) wait(ctx context.Context, hold bool) (*permit, error) {
 		var timer Timer
 		var fired <-chan time.Time
 		if at > now && at != never {
-			timer = l.clock.NewTimer(at - now)
+			timer = l.newTimer(at, now)
 			fired = timer.C()
 		}
 		select {

@@ -480,3 +480,56 @@ func TestAllowNeverJumpsTheQueue(t *testing.T) {
 	l.mu.Unlock()
 	assert.True(t, l.Allow())
 }
+
+func TestWaitDeadlineOnEitherTimeline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// The ManualClock reads t0, far from the bubble's time: a deadline
+		// from context.WithTimeout is read on the bubble's timeline.
+		l, c := newManual(t, 1, time.Minute)
+		fill(t, l, 1)
+		short, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		assert.ErrorIs(t, l.Wait(short), ErrWouldExceedDeadline)
+
+		long, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		done := startWait(t, l, long, false)
+		c.Advance(time.Minute)
+		require.NoError(t, <-done, "a slot a minute away is in time for an hour's timeout")
+	})
+}
+
+func TestWaitDeadlineExactlyAtSlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l, err := New(1, time.Second)
+		require.NoError(t, err)
+		fill(t, l, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		start := time.Now()
+		assert.ErrorIs(t, l.Wait(ctx), ErrWouldExceedDeadline, "the context ends as the slot frees")
+		assert.Zero(t, time.Since(start), "at once")
+	})
+}
+
+func TestWaitDeadlineSeveralRules(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// 1 per second and 2 per 3 seconds: after a call at 0, the next two
+		// go at 1s and 3s, so a third waiter's slot is at 4s, not 3s.
+		l, err := New(1, time.Second, WithWindow(2, 3*time.Second))
+		require.NoError(t, err)
+		fill(t, l, 1)
+		for range 2 {
+			startWait(t, l, context.Background(), false)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
+		defer cancel()
+		assert.ErrorIs(t, l.Wait(ctx), ErrWouldExceedDeadline)
+
+		ctx, cancel = context.WithTimeout(context.Background(), 4001*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		require.NoError(t, l.Wait(ctx))
+		assert.Equal(t, 4*time.Second, time.Since(start))
+	})
+}
