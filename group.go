@@ -31,7 +31,8 @@ const sweepOdds = 16
 // the keys in use and at most about half as many again, plus a few dozen;
 // now and then by Wait and by a Transport's requests, so that a Group whose
 // keys stop changing lets go of idle keys too; and by Len. No goroutine
-// runs in the background. Allow, the fastest call, never sweeps.
+// runs in the background. Allow, the fastest call, sweeps only when it
+// adds a key.
 //
 // Allow and Wait on a Group behave like the same calls on the key's
 // Limiter; looking up a key that the Group already holds normally takes no

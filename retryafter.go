@@ -29,6 +29,11 @@ const (
 
 const maxDuration = time.Duration(math.MaxInt64)
 
+// maxMembers bounds the members read from the RateLimit and
+// RateLimit-Policy fields: servers send a few policies, and a hostile
+// field of many thousands must not cost time quadratic in its length.
+const maxMembers = 16
+
 // retryAfter returns the wait a throttled response asks for: from
 // Retry-After-Ms or X-Ms-Retry-After-Ms in milliseconds, else from
 // Retry-After as delta-seconds (a fraction rounds up to the next second) or
@@ -126,8 +131,10 @@ func structuredReset(lines, policies []string, now time.Time) (time.Duration, bo
 	found := false
 	// The dictionary form of some drafts: limit=100, remaining=0, reset=20.
 	dictRemaining, dictReset := "", ""
+	seen := 0
 	for _, line := range lines {
-		for line != "" {
+		for line != "" && seen < maxMembers {
+			seen++
 			var m sfMember
 			m, line = nextMember(line)
 			if m.name == "" {
@@ -169,8 +176,10 @@ func structuredReset(lines, policies []string, now time.Time) (time.Duration, bo
 // policyWindow returns the window w of the policy called name in the
 // RateLimit-Policy field lines.
 func policyWindow(lines []string, name string) (time.Duration, bool) {
+	seen := 0
 	for _, line := range lines {
-		for line != "" {
+		for line != "" && seen < maxMembers {
+			seen++
 			var m sfMember
 			m, line = nextMember(line)
 			if m.name != name {

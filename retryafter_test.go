@@ -3,10 +3,12 @@ package limiter
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // raNow is the time the parsing tests read headers at: a whole second, so
@@ -203,4 +205,21 @@ func FuzzRateLimitHeaders(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A hostile RateLimit field of thousands of members must not cost time
+// quadratic in its length: only the first maxMembers members are read.
+func TestRateLimitMembersBounded(t *testing.T) {
+	filler := strings.Repeat(`"a";r=5,`, maxMembers)
+	h := http.Header{
+		hdrRateLimit:       {filler + `"z";r=0;t=30`},
+		hdrRateLimitPolicy: {`"z";q=100;w=60`},
+	}
+	_, ok := quotaReset(h, raNow, time.Hour)
+	assert.False(t, ok, "a member past the first %d is not read", maxMembers)
+
+	h[hdrRateLimit] = []string{`"z";r=0;t=30`}
+	d, ok := quotaReset(h, raNow, time.Hour)
+	require.True(t, ok)
+	assert.Equal(t, 30*time.Second, d)
 }

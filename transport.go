@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -95,7 +96,9 @@ type Transport struct {
 
 	// OnWait, if not nil, is called after each acquisition of a permit
 	// that took longer than WaitThreshold, with how long it took, as read
-	// from Clock. Waits before a retry count too. It must not modify req.
+	// from Clock. Waits before a retry count too when the Acquirer is a
+	// Pauser (or a Group); the sleep before retrying through another
+	// Acquirer is not reported. It must not modify req.
 	OnWait func(req *http.Request, waited time.Duration)
 
 	// WaitThreshold is how long an acquisition may take before OnWait
@@ -192,12 +195,19 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if limit <= 0 {
 		limit = DefaultMaxRetryAfter
 	}
-	r := req // what this attempt sends
+	r := req                // what this attempt sends
+	var held *http.Response // the last throttled response, until its retry has a permit
 	for attempt := 0; ; attempt++ {
 		p, pauser, err := t.acquire(ctx, req, key, clock)
 		if err != nil {
+			if held != nil && ctx.Err() == nil {
+				// The retry cannot be sent (no slot before the deadline,
+				// queue full): the throttled response, as it is.
+				return held, nil
+			}
 			return nil, err
 		}
+		held = nil
 		if attempt > 0 && req.GetBody != nil {
 			body, err := req.GetBody()
 			if err != nil {
@@ -223,12 +233,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 		var now time.Time
 		var throttled bool
-		var wait time.Duration
+		var wait, pause time.Duration
 		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable || mayBeSpent(resp.Header) {
 			// Most responses need no clock reading; these may.
 			now = clock.Now()
 			throttled, wait = t.throttle(resp, now, limit, attempt)
-			pause := wait
+			pause = wait
 			if d, ok := quotaReset(resp.Header, now, limit); ok {
 				pause = max(pause, d)
 			}
@@ -243,17 +253,20 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		if t.OnThrottle != nil {
-			t.OnThrottle(req, resp, wait)
+			t.OnThrottle(req, resp, max(wait, pause))
 		}
-		if attempt >= t.MaxRetries || !replayable(req) || pastDeadline(ctx, now.Add(wait)) {
+		if attempt >= t.MaxRetries || !replayable(req) || pastDeadline(ctx, now.Add(max(wait, pause))) {
 			return resp, nil
 		}
-		drainBody(resp)
+		complete := bufferBody(resp)
 		if pauser == nil {
 			// Nothing else holds the retry back until the server's time.
-			if err := sleepOn(ctx, clock, wait); err != nil {
+			if err := sleepOn(ctx, clock, max(wait, pause)); err != nil {
 				return nil, err
 			}
+		}
+		if complete {
+			held = resp
 		}
 		// With a Pauser, the next Acquire waits for the pause to end.
 	}
@@ -343,14 +356,20 @@ func pastDeadline(ctx context.Context, at time.Time) bool {
 	return ok && !at.Before(dl)
 }
 
-// drainBody reads a bounded part of a response body that is not returned, so
-// that its connection can be reused, and closes it.
-func drainBody(resp *http.Response) {
+// bufferBody reads a bounded part of a response body that may not be
+// returned, so that its connection can be reused, and closes it. When the
+// whole body fit, resp gets it back in memory, and bufferBody reports true.
+func bufferBody(resp *http.Response) bool {
 	if resp.Body == nil {
-		return
+		return true
 	}
-	_, _ = io.CopyN(io.Discard, resp.Body, drainLimit)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, drainLimit+1))
 	resp.Body.Close()
+	if err != nil || len(b) > drainLimit {
+		return false
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return true
 }
 
 // sleepOn waits for d on c, or until ctx ends.

@@ -781,3 +781,54 @@ func TestGroupTransportConcurrent(t *testing.T) {
 	assert.Equal(t, workers*each, total)
 	assert.Equal(t, hosts, g.Len())
 }
+
+// A 429 whose Retry-After ends before the deadline but whose quota reset,
+// which the Transport also pauses for, ends after it: the retry cannot go
+// in time, so the 429 comes back at once, not an error.
+func TestTransportDeadlineCountsTheWholePause(t *testing.T) {
+	start := time.Now()
+	tr, f, _, _ := newTestTransport(t, start, 100, time.Minute, replies(
+		answer(429, "Retry-After", "1", "X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "120"),
+		answer(200)))
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(time.Minute))
+	defer cancel()
+	resp, err := syncRoundTrip(t, tr, newGet(t, ctx, "https://api.example.com/"))
+	require.NoError(t, err, "the 429 is returned, not an error")
+	assert.Equal(t, 429, resp.StatusCode)
+	assert.Len(t, f.callsSeen(), 1)
+}
+
+// Another request paused the limiter past the deadline while this one was
+// in flight: its retry cannot get a permit in time, and the caller gets the
+// throttled response, body and all.
+func TestTransportRetryWithoutPermitReturns429(t *testing.T) {
+	start := time.Now()
+	tr, f, l, _ := newTestTransport(t, start, 100, time.Minute, nil)
+	f.reply = func(n int, r *http.Request) (*http.Response, error) {
+		if n == 0 {
+			l.PauseUntil(start.Add(2 * time.Minute))
+		}
+		return replies(answer(429, "Retry-After", "1"), answer(200))(n, r)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(time.Minute))
+	defer cancel()
+	resp, err := syncRoundTrip(t, tr, newGet(t, ctx, "https://api.example.com/"))
+	require.NoError(t, err, "the 429 is returned, not ErrWouldExceedDeadline")
+	assert.Equal(t, 429, resp.StatusCode)
+	assert.Len(t, f.callsSeen(), 1)
+	_, err = io.ReadAll(resp.Body)
+	assert.NoError(t, err, "the body of the returned 429 is readable")
+	assert.NoError(t, resp.Body.Close())
+}
+
+// A limiter that never queues: the retry cannot be admitted at once, so the
+// caller gets the 429, not ErrQueueFull.
+func TestTransportNoQueueReturns429(t *testing.T) {
+	c := NewManualClock(t0)
+	l, err := New(100, time.Minute, WithClock(c), WithMaxWaiters(0))
+	require.NoError(t, err)
+	f := &fakeRT{clock: c, reply: replies(answer(429, "Retry-After", "1"), answer(200))}
+	resp, err := syncRoundTrip(t, NewTransport(f, l), newGet(t, context.Background(), "https://api.example.com/"))
+	require.NoError(t, err)
+	assert.Equal(t, 429, resp.StatusCode)
+}
