@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"iter"
 	"math"
 	"net/http"
 	"strings"
@@ -131,38 +132,32 @@ func structuredReset(lines, policies []string, now time.Time) (time.Duration, bo
 	found := false
 	// The dictionary form of some drafts: limit=100, remaining=0, reset=20.
 	dictRemaining, dictReset := "", ""
-	seen := 0
-	for _, line := range lines {
-		for line != "" && seen < maxMembers {
-			seen++
-			var m sfMember
-			m, line = nextMember(line)
-			if m.name == "" {
-				switch m.key {
-				case "remaining":
-					dictRemaining = m.value
-				case "reset":
-					dictReset = m.value
-				}
+	for m := range members(lines) {
+		if m.name == "" {
+			switch m.key {
+			case "remaining":
+				dictRemaining = m.value
+			case "reset":
+				dictReset = m.value
+			}
+			continue
+		}
+		r, ok := m.param("r")
+		if !ok || !isZero(r) {
+			continue
+		}
+		var d time.Duration
+		if t, ok := m.param("t"); ok {
+			if d, ok = parseDecimal(t, time.Second); !ok {
 				continue
 			}
-			r, ok := m.param("r")
-			if !ok || !isZero(r) {
-				continue
-			}
-			var d time.Duration
-			if t, ok := m.param("t"); ok {
-				if d, ok = parseDecimal(t, time.Second); !ok {
-					continue
-				}
-			} else if w, ok := policyWindow(policies, m.name); ok {
-				d = w
-			} else {
-				continue
-			}
-			if !found || d > wait {
-				wait, found = d, true
-			}
+		} else if w, ok := policyWindow(policies, m.name); ok {
+			d = w
+		} else {
+			continue
+		}
+		if !found || d > wait {
+			wait, found = d, true
 		}
 	}
 	if dictRemaining != "" && isZero(dictRemaining) {
@@ -176,21 +171,33 @@ func structuredReset(lines, policies []string, now time.Time) (time.Duration, bo
 // policyWindow returns the window w of the policy called name in the
 // RateLimit-Policy field lines.
 func policyWindow(lines []string, name string) (time.Duration, bool) {
-	seen := 0
-	for _, line := range lines {
-		for line != "" && seen < maxMembers {
-			seen++
-			var m sfMember
-			m, line = nextMember(line)
-			if m.name != name {
-				continue
-			}
-			if w, ok := m.param("w"); ok {
-				return parseDecimal(w, time.Second)
-			}
+	for m := range members(lines) {
+		if m.name != name {
+			continue
+		}
+		if w, ok := m.param("w"); ok {
+			return parseDecimal(w, time.Second)
 		}
 	}
 	return 0, false
+}
+
+// members yields the members of a structured field, given as its field
+// lines, up to maxMembers of them.
+func members(lines []string) iter.Seq[sfMember] {
+	return func(yield func(sfMember) bool) {
+		seen := 0
+		for _, line := range lines {
+			for line != "" && seen < maxMembers {
+				seen++
+				var m sfMember
+				m, line = nextMember(line)
+				if !yield(m) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // sfMember is one member of a structured field list or dictionary (RFC
