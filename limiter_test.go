@@ -533,3 +533,30 @@ func TestWaitDeadlineSeveralRules(t *testing.T) {
 		assert.Equal(t, 4*time.Second, time.Since(start))
 	})
 }
+
+// FuzzNew feeds New nonsense options: it returns a limiter or a
+// "limiter: " error, never both and never a panic, and a limiter it
+// returns admits its first call and keeps within its first rule.
+func FuzzNew(f *testing.F) {
+	f.Add(100, int64(time.Minute), 1500, int64(time.Hour), 10)
+	f.Add(0, int64(-1), -1, int64(0), -1)
+	f.Add(1, int64(1), 1<<62, int64(1<<62), 0)
+	f.Fuzz(func(t *testing.T, limit int, window int64, limit2 int, window2 int64, waiters int) {
+		c := NewManualClock(t0)
+		l, err := New(limit, time.Duration(window), WithClock(c),
+			WithWindow(limit2, time.Duration(window2)), WithMaxWaiters(waiters))
+		if err != nil {
+			require.Nil(t, l)
+			require.True(t, strings.HasPrefix(err.Error(), "limiter: "), err.Error())
+			return
+		}
+		require.True(t, limit > 0 && window > 0 && limit2 > 0 && window2 > 0 && waiters >= 0)
+		require.True(t, l.Allow(), "the first call of a fresh limiter")
+		n := 1
+		for n < limit && n < 1000 && l.Allow() {
+			n++
+		}
+		require.LessOrEqual(t, n, min(limit, limit2))
+		assert.GreaterOrEqual(t, l.Remaining(), 0)
+	})
+}
