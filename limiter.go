@@ -649,3 +649,32 @@ func (q *waitQueue) wakeHead() {
 		}
 	}
 }
+
+// AllowN reports whether a call of weight n may happen now (stub: n == 1 only).
+func (l *Limiter) AllowN(n int) bool {
+	if n != 1 {
+		return false
+	}
+	return l.Allow()
+}
+
+// WaitN waits for a call of weight n (stub: n == 1 only).
+func (l *Limiter) WaitN(ctx context.Context, n int) error {
+	if n != 1 {
+		return fmt.Errorf("limiter: weight %d not supported yet", n)
+	}
+	return l.Wait(ctx)
+}
+
+// AcquireN acquires a permit of weight n (stub: n == 1 only).
+func (l *Limiter) AcquireN(ctx context.Context, n int) (Permit, error) {
+	if n != 1 {
+		return nil, fmt.Errorf("limiter: weight %d not supported yet", n)
+	}
+	return l.Acquire(ctx)
+}
+
+// WithBucket adds a leaky-bucket rule (stub).
+func WithBucket(burst int, every time.Duration) Option {
+	return func(cfg *config) { cfg.fail(errors.New("limiter: WithBucket: not implemented yet")) }
+}
