@@ -151,9 +151,9 @@ func TestGroupGetGraceIsTheLongestWindow(t *testing.T) {
 // learns afterwards.
 func TestGroupKept(t *testing.T) {
 	g, c := newTestGroup(t, 5, time.Second)
-	idle := g.find("idle")
 	busy := g.find("busy")
 	require.True(t, busy.l.Allow())
+	idle := g.find("idle") // adding a key drops idle ones: busy is not
 	assert.True(t, g.kept(idle))
 	assert.True(t, g.kept(busy))
 	assert.Equal(t, 1, g.Len())
@@ -163,6 +163,13 @@ func TestGroupKept(t *testing.T) {
 	c.Advance(time.Second)
 	assert.Equal(t, 0, g.Len())
 	assert.False(t, g.kept(busy))
+}
+
+// held returns the keys g holds, without the upkeep that Len does.
+func held(g *Group) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.held
 }
 
 // TestGroupSweepsWithoutLen checks that normal calls drop idle keys, so
@@ -176,11 +183,9 @@ func TestGroupSweepsWithoutLen(t *testing.T) {
 		require.Same(t, keep, g.Get("kept"), "Get within a window of the last Get")
 		c.Advance(w / 2)
 	}
-	g.mu.Lock()
-	n := len(g.list)
-	g.mu.Unlock()
-	assert.LessOrEqual(t, n, 2*minSweep+2, "keys held after 5000 keys, one in use at a time")
-	assert.LessOrEqual(t, len(g.read.Load().slots), 4*n, "the published table shrank with the keys")
+	// In use: kept, and the last two keys, whose calls still count.
+	assert.LessOrEqual(t, held(g), 2*3, "keys held after 5000 keys, three in use at a time")
+	assert.LessOrEqual(t, len(g.cur.Load().slots), 32, "the table follows the keys: four slots a key at most")
 }
 
 // TestGroupWaitSweeps checks that a group whose keys stop changing still
@@ -192,17 +197,14 @@ func TestGroupWaitSweeps(t *testing.T) {
 	}
 	c.Advance(time.Second)
 	ctx := context.Background()
-	held := func() int {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return len(g.list)
-	}
-	require.Equal(t, 100, held())
-	// The odds of no sweep in 100,000 calls are below 1e-20.
-	for i := 0; i < 100000 && held() > 1; i++ {
+	require.Equal(t, 100, held(g))
+	// A revolution of the hand over the table of 512 slots or fewer takes
+	// 32 steps, about 2,000 calls: the odds of no revolution in 100,000
+	// calls are below 1e-20.
+	for i := 0; i < 100000 && held(g) > 1; i++ {
 		require.NoError(t, g.Wait(ctx, "k0"))
 	}
-	assert.Equal(t, 1, held(), "only the key in use is held")
+	assert.Equal(t, 1, held(g), "only the key in use is held")
 }
 
 // TestGroupConcurrentQuota runs Allow on a few keys from many goroutines
@@ -243,98 +245,120 @@ func TestGroupConcurrentQuota(t *testing.T) {
 	}
 }
 
-func benchKeys(n int) []string {
-	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = "api-" + strconv.Itoa(i) + ".example.com"
+func TestGroupZeroValuePanics(t *testing.T) {
+	var g Group
+	ctx := context.Background()
+	for name, call := range map[string]func(){
+		"Allow": func() { g.Allow("a") },
+		"Wait":  func() { _ = g.Wait(ctx, "a") },
+		"Get":   func() { g.Get("a") },
+		"Len":   func() { g.Len() },
+	} {
+		assert.PanicsWithValue(t, errZeroGroup, call, name)
 	}
-	return keys
 }
 
-func BenchmarkGroupAllow(b *testing.B) {
-	const live = 10000
-	keys := benchKeys(live)
-	b.Run("Limiter", func(b *testing.B) {
-		l, err := New(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for l.Allow() {
-		}
-		b.ReportAllocs()
-		for b.Loop() {
-			l.Allow()
-		}
-	})
-	b.Run("Limiters=10000", func(b *testing.B) {
-		ls := make([]*Limiter, live)
-		for i := range ls {
-			ls[i], _ = New(DefaultLimit, DefaultWindow)
-			for ls[i].Allow() {
-			}
-		}
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			ls[i].Allow()
-			if i++; i == live {
-				i = 0
-			}
-		}
-	})
-	b.Run("Group/keys=10000/same", func(b *testing.B) {
-		g, err := NewGroup(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, k := range keys {
-			for g.Allow(k) {
-			}
-		}
-		k := keys[live/2]
-		b.ReportAllocs()
-		for b.Loop() {
-			g.Allow(k)
-		}
-	})
-	b.Run("Group/keys=10000/parallel", func(b *testing.B) {
-		g, err := NewGroup(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, k := range keys {
-			for g.Allow(k) {
-			}
-		}
-		var seq atomic.Int64
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			i := int(seq.Add(7919)) % live
-			for pb.Next() {
-				g.Allow(keys[i])
-				if i++; i == live {
-					i = 0
+// idleKeys returns a group holding n keys with one call each, all of
+// them idle: the window has passed.
+func idleKeys(t *testing.T, n int) (*Group, *ManualClock) {
+	t.Helper()
+	g, c := newTestGroup(t, 5, time.Second)
+	for i := range n {
+		require.True(t, g.Allow("idle"+strconv.Itoa(i)))
+	}
+	c.Advance(time.Second)
+	require.Equal(t, n, held(g), "no key was idle while they were added")
+	return g, c
+}
+
+// TestGroupAddSweepsBounded checks that a call adding a key drops a few
+// idle keys, not all of them, and that calls adding keys go on until every
+// idle key is dropped.
+func TestGroupAddSweepsBounded(t *testing.T) {
+	const n = 5000
+	g, _ := idleKeys(t, n)
+	require.True(t, g.Allow("new0"))
+	dropped := n + 1 - held(g)
+	assert.LessOrEqual(t, dropped, addStep+addStep/2, "one call examines a bounded number of keys")
+	for i := 1; held(g) > i; i++ {
+		require.Less(t, i, 10*n, "idle keys still held after %d new keys", i)
+		require.True(t, g.Allow("new"+strconv.Itoa(i)))
+	}
+	assert.Less(t, len(g.cur.Load().slots), 4*n, "the table shrank as the idle keys went")
+}
+
+// TestGroupLenBounded checks that Len examines a bounded number of keys
+// per call, and that calling it again and again sees idle keys go, and the
+// table shrink back to its smallest size.
+func TestGroupLenBounded(t *testing.T) {
+	const n = 5000
+	g, _ := idleKeys(t, n)
+	first := g.Len()
+	assert.GreaterOrEqual(t, first, n-lenStep, "one Len examines at most lenStep slots")
+	assert.Less(t, first, n, "Len drops idle keys")
+	for i := 0; g.Len() > 0; i++ {
+		require.Less(t, i, 4*n/lenStep+1, "Len still counts idle keys after %d calls", i)
+	}
+	for i := 0; len(g.cur.Load().slots) > minSlots || g.old.Load() != nil; i++ {
+		require.Less(t, i, 100, "table of %d slots after %d Len", len(g.cur.Load().slots), i)
+		assert.Equal(t, 0, g.Len())
+	}
+}
+
+// TestGroupGrowKeepsEveryLimiter checks that members moved into a larger
+// table, a few slots at a time, keep their limiters and their counts.
+func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
+	const n = 3000
+	g, _ := newTestGroup(t, 2, time.Minute)
+	ls := make([]*Limiter, n)
+	for i := range ls {
+		k := "k" + strconv.Itoa(i)
+		require.True(t, g.Allow(k))
+		ls[i] = g.Get(k)
+		// Every key added so far is found, during a move or not.
+		j := i / 2
+		require.Same(t, ls[j], g.Get("k"+strconv.Itoa(j)), "key %d after %d keys", j, i)
+	}
+	assert.Equal(t, n, held(g))
+	assert.GreaterOrEqual(t, len(g.cur.Load().slots), 2*n, "the table grew")
+	for i, l := range ls {
+		k := "k" + strconv.Itoa(i)
+		require.Same(t, l, g.Get(k), k)
+		require.True(t, g.Allow(k), k)
+		require.False(t, g.Allow(k), "%s: its first call still counts", k)
+	}
+}
+
+// TestGroupConcurrentGrowAndSweep runs Allow over many keys from several
+// goroutines while the table grows, moves and drops idle keys, in two
+// phases with the clock frozen in each: in each phase every key admits
+// exactly its limit, so no call was counted on a limiter that the group
+// lost, and no key had two limiters at once.
+func TestGroupConcurrentGrowAndSweep(t *testing.T) {
+	const limit, keys, workers = 2, 3000, 4
+	g, c := newTestGroup(t, limit, time.Second)
+	for phase := range 2 {
+		var admitted [keys]atomic.Int32
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 3 * keys {
+					k := (i*7 + w*1009) % keys
+					if g.Allow("key" + strconv.Itoa(k)) {
+						admitted[k].Add(1)
+					}
+					if i%97 == 0 {
+						g.Len()
+					}
 				}
-			}
-		})
-	})
-	b.Run("Group/keys=10000/cycle", func(b *testing.B) {
-		g, err := NewGroup(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
+			}()
 		}
-		for _, k := range keys {
-			for g.Allow(k) {
-			}
+		wg.Wait()
+		for k := range admitted {
+			require.Equal(t, limit, int(admitted[k].Load()), "phase %d key%d", phase, k)
 		}
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			g.Allow(keys[i])
-			if i++; i == live {
-				i = 0
-			}
-		}
-	})
+		c.Advance(time.Second) // every key idle
+	}
 }
