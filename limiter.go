@@ -258,6 +258,7 @@ type Limiter struct {
 	system     bool      // clock is SystemClock: read time with time.Since
 	epoch      time.Time // instants are durations since epoch
 	maxWaiters int
+	maxWeight  int // the heaviest call the rules can ever admit
 }
 
 // New returns a Limiter that admits at most limit calls in any interval of
@@ -280,6 +281,7 @@ func newLimiter(cfg *config) *Limiter {
 		maxWaiters: cfg.maxWaiters,
 		epoch:      cfg.clock.Now(),
 	}
+	l.maxWeight = l.rules.maxWeight()
 	l.gate.Store(math.MinInt64)
 	_, l.system = cfg.clock.(systemClock)
 	return l

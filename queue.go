@@ -77,7 +77,7 @@ func (w *waiter) wake() {
 // wait is the core of Wait and Acquire. With hold, the admitted call is
 // held in flight behind the returned permit instead of being logged.
 func (l *Limiter) wait(ctx context.Context, n int, hold bool) (*permit, error) {
-	if err := l.rules.checkWeight(n); err != nil {
+	if err := checkWeight(n, l.maxWeight); err != nil {
 		return nil, err
 	}
 	ctxErr := ctx.Err()

@@ -87,21 +87,22 @@ func (rs *rules) empty(now time.Duration) bool {
 // maxWeight returns the heaviest call that the rules can ever admit.
 func (rs *rules) maxWeight() int {
 	m := rs.windows[0].limit
-	for _, w := range rs.windows {
-		m = min(m, w.limit)
+	for i := range rs.windows {
+		m = min(m, rs.windows[i].limit)
 	}
-	for _, b := range rs.buckets {
-		m = min(m, b.burst)
+	for i := range rs.buckets {
+		m = min(m, rs.buckets[i].burst)
 	}
 	return m
 }
 
-// checkWeight returns an error for a weight that no rule can ever admit.
-func (rs *rules) checkWeight(n int) error {
+// checkWeight returns an error for a weight that the rules, which admit at
+// most m at once, can never admit.
+func checkWeight(n, m int) error {
 	if n < 1 {
 		return fmt.Errorf("limiter: weight must be at least 1, got %d", n)
 	}
-	if m := rs.maxWeight(); n > m {
+	if n > m {
 		return fmt.Errorf("limiter: weight %d exceeds %d, the most the rules ever admit at once", n, m)
 	}
 	return nil
