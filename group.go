@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"hash/maphash"
+	"math"
 	"math/bits"
 	"math/rand/v2"
 	"sync"
@@ -77,30 +78,38 @@ type Group struct {
 	grace time.Duration // the longest window of the rules
 }
 
-// member is one key's Limiter in a Group.
+// member is one key's Limiter in a Group: 32 bytes.
 type member struct {
 	l   *Limiter
 	key string
 
-	// got is the instant, as a duration since Group.epoch, at which Get
-	// last returned l, or noGet.
-	got atomic.Int64
-
-	// state tells a caller that used l after finding the member without
-	// the lock whether l still belongs to the group. A sweep sets
-	// sweeping, then checks that l is idle, then sets live or dropped.
-	// Group.mu is held throughout, so a caller that reads sweeping waits
-	// for the lock and reads again.
-	state atomic.Int32
+	// word holds, as got<<2 | state, the instant at which Get last
+	// returned l, as a duration since Group.epoch (noGet: never), and the
+	// member's state, which tells a caller that used l after finding the
+	// member without the lock whether l still belongs to the group. A
+	// sweep sets sweeping, then checks that l is idle, then sets live or
+	// dropped, each by a compare-and-swap that fails if Get wrote got
+	// since. Group.mu is held throughout, so a caller that reads sweeping
+	// waits for the lock and reads again.
+	word atomic.Int64
 }
 
 const (
-	memberLive int32 = iota
+	memberLive int64 = iota
 	memberSweeping
 	memberDropped
+	stateMask = 3
 )
 
-const noGet = -1 << 63
+// noGet is the got of a member whose limiter Get never returned.
+const noGet = math.MinInt64 >> 2
+
+// packGot returns the word of got and state; got is clamped to what fits.
+func packGot(got time.Duration, state int64) int64 {
+	return int64(min(max(got, noGet+1), math.MaxInt64>>2))<<2 | state
+}
+
+func (e *member) state() int64 { return e.word.Load() & stateMask }
 
 // errZeroGroup is the panic of a method called on a Group not made by
 // NewGroup.
@@ -136,11 +145,23 @@ func NewGroup(limit int, window time.Duration, opts ...Option) (*Group, error) {
 func (g *Group) Get(key string) *Limiter {
 	for {
 		e := g.find(key)
-		e.got.Store(int64(g.since()))
-		// A sweep reads got after announcing itself in state, and this
-		// reads state after writing got: one of the two sees the other.
-		if g.kept(e) {
+		if g.touch(e, g.since()) {
 			return e.l
+		}
+	}
+}
+
+// touch records that Get returns e's limiter at now, and reports whether e
+// still belongs to the group. A sweep deciding on e finds got changed and
+// keeps e; when got was already now, touch waits for the sweep's decision.
+func (g *Group) touch(e *member, now time.Duration) bool {
+	for {
+		w := e.word.Load()
+		if w&stateMask == memberDropped {
+			return false
+		}
+		if e.word.CompareAndSwap(w, packGot(now, w&stateMask)) {
+			return g.kept(e)
 		}
 	}
 }
@@ -219,11 +240,16 @@ func (g *Group) find(key string) *member {
 		panic(errZeroGroup)
 	}
 	h := maphash.String(g.seed, key)
-	if e := g.cur.Load().get(key, h); e != nil && e.state.Load() != memberDropped {
+	if e := g.cur.Load().get(key, h); e != nil && e.state() != memberDropped {
 		return e
 	}
+	return g.findSlow(key, h)
+}
+
+// findSlow is find for a key that is not in cur: in old, or not held.
+func (g *Group) findSlow(key string, h uint64) *member {
 	if old := g.old.Load(); old != nil {
-		if e := old.get(key, h); e != nil && e.state.Load() != memberDropped {
+		if e := old.get(key, h); e != nil && e.state() != memberDropped {
 			return e
 		}
 	}
@@ -243,7 +269,7 @@ func (g *Group) lookupLocked(key string, h uint64) *member {
 		return e
 	}
 	if old := g.old.Load(); old != nil {
-		if e := old.get(key, h); e != nil && e.state.Load() != memberDropped {
+		if e := old.get(key, h); e != nil && e.state() != memberDropped {
 			return e
 		}
 	}
@@ -255,16 +281,16 @@ func (g *Group) lookupLocked(key string, h uint64) *member {
 func (g *Group) addLocked(key string, h uint64) *member {
 	now := g.since()
 	g.moveLocked(addStep, now)
-	if cur := g.cur.Load(); 2*(cur.used+1) > len(cur.slots) {
+	if cur := g.cur.Load(); 2*(cur.used+1) > cur.len() {
 		// By the sizes grow picks, a move is over before this happens; if
 		// it were not, finishing it first keeps every probe short.
-		g.moveLocked(len(cur.slots), now)
+		g.moveLocked(math.MaxInt, now)
 		g.growLocked()
 		g.moveLocked(addStep, now)
 	}
 	g.sweepLocked(addStep/2, now)
 	e := &member{l: newLimiter(g.cfg), key: key}
-	e.got.Store(noGet)
+	e.word.Store(packGot(noGet, memberLive))
 	g.cur.Load().put(e, h)
 	g.held++
 	return e
@@ -288,7 +314,7 @@ func (g *Group) upkeepLocked(n int) {
 	now := g.since()
 	g.moveLocked(n, now)
 	g.sweepLocked(n, now)
-	if cur := g.cur.Load(); g.old.Load() == nil && len(cur.slots) > minSlots && 8*g.held < len(cur.slots) {
+	if cur := g.cur.Load(); g.old.Load() == nil && cur.len() > minSlots && 8*g.held < cur.len() {
 		g.growLocked()
 	}
 }
@@ -305,7 +331,7 @@ func (g *Group) upkeepLocked(n int) {
 func (g *Group) growLocked() {
 	cur := g.cur.Load()
 	n := 1 << bits.Len(uint(4*(g.held+1)-1)) // the power of two >= 4*(held+1)
-	n = min(max(n, len(cur.slots)/2, minSlots), 2*len(cur.slots))
+	n = min(max(n, cur.len()/2, minSlots), 2*cur.len())
 	g.old.Store(cur) // before cur, so that a lookup always finds one of them
 	g.cur.Store(newMemberTable(n))
 	g.moved, g.hand = 0, 0
@@ -321,19 +347,22 @@ func (g *Group) moveLocked(n int, now time.Duration) {
 		return
 	}
 	cur := g.cur.Load()
-	for ; n > 0 && g.moved < len(old.slots); n-- {
-		s := &old.slots[g.moved]
+	for ; n > 0 && g.moved < old.len(); n-- {
+		s := old.at(uint64(g.moved))
 		g.moved++
+		if s == nil {
+			continue
+		}
 		e := s.e.Load()
 		switch {
-		case e == nil || e == tombstone || e.state.Load() == memberDropped:
+		case e == nil || e == tombstone || e.state() == memberDropped:
 		case g.dropIdleLocked(e, now):
 			g.held--
 		default:
 			cur.put(e, s.hash.Load())
 		}
 	}
-	if g.moved == len(old.slots) {
+	if g.moved == old.len() {
 		g.old.Store(nil)
 	}
 }
@@ -342,9 +371,12 @@ func (g *Group) moveLocked(n int, now time.Duration) {
 // the idle members it finds. g.mu must be held.
 func (g *Group) sweepLocked(n int, now time.Duration) {
 	t := g.cur.Load()
-	for n = min(n, len(t.slots)); n > 0; n-- {
-		s := &t.slots[g.hand]
+	for n = min(n, t.len()); n > 0; n-- {
+		s := t.at(uint64(g.hand))
 		g.hand = (g.hand + 1) & int(t.mask)
+		if s == nil {
+			continue
+		}
 		if e := s.e.Load(); e != nil && e != tombstone && g.dropIdleLocked(e, now) {
 			s.e.Store(tombstone)
 			g.held--
@@ -355,12 +387,12 @@ func (g *Group) sweepLocked(n int, now time.Duration) {
 // kept reports whether e still belongs to the group, after waiting for a
 // sweep that is deciding.
 func (g *Group) kept(e *member) bool {
-	switch e.state.Load() {
+	switch e.state() {
 	case memberLive:
 		return true
 	case memberSweeping:
 		g.mu.Lock() // held by the sweep until it has decided
-		st := e.state.Load()
+		st := e.state()
 		g.mu.Unlock()
 		return st == memberLive
 	}
@@ -368,24 +400,31 @@ func (g *Group) kept(e *member) bool {
 }
 
 // dropIdleLocked marks e dropped and reports true if its limiter is idle
-// and Get has not returned it within the grace. g.mu must be held.
+// and Get has not returned it within the grace. g.mu must be held, so
+// that e is live or dropped here.
 func (g *Group) dropIdleLocked(e *member, now time.Duration) bool {
-	if !g.graceOver(e, now) {
+	w := e.word.Load()
+	if w&stateMask != memberLive || !g.graceOver(w, now) ||
+		!e.word.CompareAndSwap(w, w|memberSweeping) {
 		return false
 	}
-	e.state.Store(memberSweeping)
-	if !g.graceOver(e, now) || !e.l.idle() {
-		e.state.Store(memberLive)
-		return false
+	// Callers that found e now wait for the decision, or have counted on
+	// e.l before the check of idle below, which then sees it.
+	if e.l.idle() && e.word.CompareAndSwap(w|memberSweeping, w|memberDropped) {
+		return true
 	}
-	e.state.Store(memberDropped)
-	return true
+	for { // live again, with the got that a Get may have written
+		x := e.word.Load()
+		if e.word.CompareAndSwap(x, x&^stateMask) {
+			return false
+		}
+	}
 }
 
-// graceOver reports whether Get last returned e's limiter at least the
-// longest window before now, or never. A clock set back keeps the member.
-func (g *Group) graceOver(e *member, now time.Duration) bool {
-	got := time.Duration(e.got.Load())
+// graceOver reports whether the got of word w is at least the longest
+// window before now, or never. A clock set back keeps the member.
+func (g *Group) graceOver(w int64, now time.Duration) bool {
+	got := time.Duration(w >> 2)
 	return got == noGet || (now >= got && now-got >= g.grace)
 }
 
@@ -404,11 +443,25 @@ func (g *Group) since() time.Duration {
 // slot, once used, is never empty again, so a probe that passed it is not
 // misled; a lookup that misses a member being added takes the lock and
 // looks again.
+//
+// A table of up to maxFlat slots is one array. A larger one is made of
+// chunks, each made on the first write into it, so that making a table
+// takes time that does not grow with its size: the runtime zeroes what it
+// allocates.
 type memberTable struct {
-	slots []memberSlot // len is a power of two
-	mask  uint64
-	used  int // slots not empty; guarded by Group.mu
+	flat   []memberSlot                  // all the slots, or nil
+	chunks []atomic.Pointer[memberChunk] // or the slots by chunk; nil: all empty
+	mask   uint64                        // the number of slots, a power of two, minus 1
+	used   int                           // slots not empty; guarded by Group.mu
 }
+
+const (
+	maxFlat    = 1 << 15 // slots: 512 KiB
+	chunkBits  = 12
+	chunkSlots = 1 << chunkBits // 64 KiB
+)
+
+type memberChunk [chunkSlots]memberSlot
 
 // memberSlot is empty while e is nil. The writer stores hash before e, so
 // a lookup that loads e and then hash sees e's hash, or, when the slot was
@@ -421,14 +474,37 @@ type memberSlot struct {
 // tombstone takes the place of a dropped member in its slot.
 var tombstone = new(member)
 
+// newMemberTable returns an empty table of n slots, a power of two.
 func newMemberTable(n int) *memberTable {
-	return &memberTable{slots: make([]memberSlot, n), mask: uint64(n - 1)}
+	t := &memberTable{mask: uint64(n - 1)}
+	if n <= maxFlat {
+		t.flat = make([]memberSlot, n)
+	} else {
+		t.chunks = make([]atomic.Pointer[memberChunk], n/chunkSlots)
+	}
+	return t
+}
+
+func (t *memberTable) len() int { return int(t.mask) + 1 }
+
+// at returns slot i, or nil when its chunk is not made: then it is empty.
+func (t *memberTable) at(i uint64) *memberSlot {
+	if t.flat != nil {
+		return &t.flat[i]
+	}
+	if c := t.chunks[i>>chunkBits].Load(); c != nil {
+		return &c[i&(chunkSlots-1)]
+	}
+	return nil
 }
 
 // get returns the member of key, whose hash is h, or nil.
 func (t *memberTable) get(key string, h uint64) *member {
 	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := &t.slots[i]
+		s := t.at(i)
+		if s == nil {
+			return nil
+		}
 		e := s.e.Load()
 		if e == nil {
 			return nil
@@ -440,11 +516,16 @@ func (t *memberTable) get(key string, h uint64) *member {
 }
 
 // put adds e, whose hash is h, in the first slot of its probe sequence that
-// is empty or a tombstone. The key must not be in t. Group.mu must be
-// held.
+// is empty or a tombstone, making its chunk if need be. The key must not
+// be in t. Group.mu must be held.
 func (t *memberTable) put(e *member, h uint64) {
 	for i := h & t.mask; ; i = (i + 1) & t.mask {
-		s := &t.slots[i]
+		s := t.at(i)
+		if s == nil {
+			c := new(memberChunk)
+			t.chunks[i>>chunkBits].Store(c)
+			s = &c[i&(chunkSlots-1)]
+		}
 		if x := s.e.Load(); x == nil || x == tombstone {
 			if x == nil {
 				t.used++

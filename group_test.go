@@ -185,7 +185,7 @@ func TestGroupSweepsWithoutLen(t *testing.T) {
 	}
 	// In use: kept, and the last two keys, whose calls still count.
 	assert.LessOrEqual(t, held(g), 2*3, "keys held after 5000 keys, three in use at a time")
-	assert.LessOrEqual(t, len(g.cur.Load().slots), 32, "the table follows the keys: four slots a key at most")
+	assert.LessOrEqual(t, g.cur.Load().len(), 32, "the table follows the keys: four slots a key at most")
 }
 
 // TestGroupWaitSweeps checks that a group whose keys stop changing still
@@ -284,23 +284,25 @@ func TestGroupAddSweepsBounded(t *testing.T) {
 		require.Less(t, i, 10*n, "idle keys still held after %d new keys", i)
 		require.True(t, g.Allow("new"+strconv.Itoa(i)))
 	}
-	assert.Less(t, len(g.cur.Load().slots), 4*n, "the table shrank as the idle keys went")
+	assert.Less(t, g.cur.Load().len(), 4*n, "the table shrank as the idle keys went")
 }
 
 // TestGroupLenBounded checks that Len examines a bounded number of keys
 // per call, and that calling it again and again sees idle keys go, and the
 // table shrink back to its smallest size.
 func TestGroupLenBounded(t *testing.T) {
-	const n = 5000
+	const n = 20000 // a table of chunks
 	g, _ := idleKeys(t, n)
+	size := g.cur.Load().len()
 	first := g.Len()
 	assert.GreaterOrEqual(t, first, n-lenStep, "one Len examines at most lenStep slots")
 	assert.Less(t, first, n, "Len drops idle keys")
 	for i := 0; g.Len() > 0; i++ {
 		require.Less(t, i, 4*n/lenStep+1, "Len still counts idle keys after %d calls", i)
 	}
-	for i := 0; len(g.cur.Load().slots) > minSlots || g.old.Load() != nil; i++ {
-		require.Less(t, i, 100, "table of %d slots after %d Len", len(g.cur.Load().slots), i)
+	for i := 0; g.cur.Load().len() > minSlots || g.old.Load() != nil; i++ {
+		// Each halving moves the table, lenStep slots a Len.
+		require.Less(t, i, 2*size/lenStep+20, "table of %d slots after %d Len", g.cur.Load().len(), i)
 		assert.Equal(t, 0, g.Len())
 	}
 }
@@ -308,7 +310,7 @@ func TestGroupLenBounded(t *testing.T) {
 // TestGroupGrowKeepsEveryLimiter checks that members moved into a larger
 // table, a few slots at a time, keep their limiters and their counts.
 func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
-	const n = 3000
+	const n = 20000 // up to a table of chunks
 	g, _ := newTestGroup(t, 2, time.Minute)
 	ls := make([]*Limiter, n)
 	for i := range ls {
@@ -320,7 +322,8 @@ func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
 		require.Same(t, ls[j], g.Get("k"+strconv.Itoa(j)), "key %d after %d keys", j, i)
 	}
 	assert.Equal(t, n, held(g))
-	assert.GreaterOrEqual(t, len(g.cur.Load().slots), 2*n, "the table grew")
+	assert.GreaterOrEqual(t, g.cur.Load().len(), 2*n, "the table grew")
+	require.NotNil(t, g.cur.Load().chunks, "the table is made of chunks")
 	for i, l := range ls {
 		k := "k" + strconv.Itoa(i)
 		require.Same(t, l, g.Get(k), k)
