@@ -75,7 +75,7 @@ type Group struct {
 	seed  maphash.Seed // of every key's hash
 	cfg   *config
 	epoch time.Time     // Get instants are durations since epoch on cfg.clock
-	grace time.Duration // the longest window of the rules
+	grace time.Duration // the longest window of the rules, or drain of a full bucket
 }
 
 // member is one key's Limiter in a Group: 32 bytes.
@@ -130,6 +130,9 @@ func NewGroup(limit int, window time.Duration, opts ...Option) (*Group, error) {
 	}
 	for _, r := range cfg.rules {
 		g.grace = max(g.grace, r.size)
+	}
+	for _, b := range cfg.buckets {
+		g.grace = max(g.grace, mulSat(b.burst, b.every)) // a full bucket's drain
 	}
 	g.cur.Store(newMemberTable(minSlots))
 	return g, nil

@@ -147,6 +147,16 @@ func TestGroupGetGraceIsTheLongestWindow(t *testing.T) {
 	assert.Equal(t, 0, g.Len())
 }
 
+func TestGroupGetGraceIsABucketsDrain(t *testing.T) {
+	g, c := newTestGroup(t, 50, time.Second, WithBucket(10, time.Second))
+	a := g.Get("a")
+	c.Advance(10*time.Second - time.Nanosecond)
+	assert.Equal(t, 1, g.Len(), "Get's limiter is kept while a full bucket would drain")
+	assert.Same(t, a, g.Get("a"))
+	c.Advance(10 * time.Second)
+	assert.Equal(t, 0, g.Len())
+}
+
 // TestGroupKept checks what a call that found a member before a sweep
 // learns afterwards.
 func TestGroupKept(t *testing.T) {
