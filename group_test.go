@@ -327,9 +327,10 @@ func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
 		k := "k" + strconv.Itoa(i)
 		require.True(t, g.Allow(k))
 		ls[i] = g.Get(k)
-		// Every key added so far is found, during a move or not.
-		j := i / 2
-		require.Same(t, ls[j], g.Get("k"+strconv.Itoa(j)), "key %d after %d keys", j, i)
+		if i%16 == 0 { // every key added so far is found, during a move or not
+			j := i / 2
+			require.Same(t, ls[j], g.Get("k"+strconv.Itoa(j)), "key %d after %d keys", j, i)
+		}
 	}
 	assert.Equal(t, n, held(g))
 	assert.GreaterOrEqual(t, g.cur.Load().len(), 2*n, "the table grew")
@@ -362,7 +363,7 @@ func TestGroupConcurrentGrowAndSweep(t *testing.T) {
 					if g.Allow("key" + strconv.Itoa(k)) {
 						admitted[k].Add(1)
 					}
-					if i%97 == 0 {
+					if i%499 == 0 {
 						g.Len()
 					}
 				}
