@@ -15,11 +15,11 @@ import (
 // resized table, is spread over calls in steps of a few slots, so that no
 // call does work that grows with the number of keys held.
 const (
-	// addStep: slots of the table that a call adding a key examines for
-	// idle members, and slots of a table being replaced that it moves.
-	// Sixteen moves per added key finish a move before the new table is
-	// half full (see grow); eight examined slots keep the idle keys held
-	// to about half the keys held (see Group).
+	// addStep: slots of a table being replaced that a call adding a key
+	// moves, and twice the slots of the table that it examines for idle
+	// members. Sixteen moves per added key finish a move before the new
+	// table is full (see growLocked); eight examined slots keep the idle
+	// keys held to about half the keys in use (see Group).
 	addStep = 16
 	// tendStep slots are examined, with odds 1 in tendOdds, after an
 	// admitted call on a key the group holds: about a quarter of a slot
@@ -28,7 +28,7 @@ const (
 	tendStep = 16
 	tendOdds = 64 // a power of two
 	// lenStep slots are examined by each Len: Len is exact for a table of
-	// up to lenStep slots, a few hundred keys.
+	// up to lenStep slots, several hundred keys.
 	lenStep = 1024
 	// minSlots is the smallest table: Len and a call adding a key then
 	// examine every slot.
@@ -238,19 +238,40 @@ func (g *Group) Len() int {
 // find returns the member of key, adding one if there is none. A member
 // found without the lock may be dropped by the time the caller uses it;
 // kept tells.
+//
+// The lookup in a flat table is written out here, not a call of get: it
+// is the path of every call on a key the group holds.
 func (g *Group) find(key string) *member {
 	if g.cfg == nil {
 		panic(errZeroGroup)
 	}
 	h := maphash.String(g.seed, key)
-	if e := g.cur.Load().get(key, h); e != nil && e.state() != memberDropped {
-		return e
+	if t := g.cur.Load(); t.flat != nil {
+		for i := h & t.mask; ; i = (i + 1) & t.mask {
+			s := &t.flat[i]
+			e := s.e.Load()
+			if e == nil {
+				break
+			}
+			if s.hash.Load() == h && e != tombstone && e.key == key {
+				if e.state() != memberDropped {
+					return e
+				}
+				break
+			}
+		}
 	}
 	return g.findSlow(key, h)
 }
 
-// findSlow is find for a key that is not in cur: in old, or not held.
+// findSlow is find for a key not found in a flat cur: in a table of
+// chunks, in old, or not held.
 func (g *Group) findSlow(key string, h uint64) *member {
+	if t := g.cur.Load(); t.flat == nil {
+		if e := t.get(key, h); e != nil && e.state() != memberDropped {
+			return e
+		}
+	}
 	if old := g.old.Load(); old != nil {
 		if e := old.get(key, h); e != nil && e.state() != memberDropped {
 			return e
@@ -284,7 +305,7 @@ func (g *Group) lookupLocked(key string, h uint64) *member {
 func (g *Group) addLocked(key string, h uint64) *member {
 	now := g.since()
 	g.moveLocked(addStep, now)
-	if cur := g.cur.Load(); 2*(cur.used+1) > cur.len() {
+	if cur := g.cur.Load(); 4*(cur.used+1) > 3*cur.len() {
 		// By the sizes grow picks, a move is over before this happens; if
 		// it were not, finishing it first keeps every probe short.
 		g.moveLocked(math.MaxInt, now)
@@ -323,17 +344,18 @@ func (g *Group) upkeepLocked(n int) {
 }
 
 // growLocked starts replacing cur with a table sized to the members held,
-// four slots to one, by half or double the size of cur at most; cur becomes
-// old, which moveLocked empties into the new table. No move is under way.
+// two slots or more to one, by half or double the size of cur at most; cur
+// becomes old, which moveLocked empties into the new table. No move is
+// under way.
 //
 // A move of S slots at addStep per added key is over after S/16 added
-// keys. The new table, of S2 >= S/2 slots, starts with at most S2/4
+// keys. The new table, of S2 >= S/2 slots, starts with at most S2/2
 // members and receives at most S/16 <= S2/8 new ones meanwhile: it stays
-// below half full, so no second move is ever needed during a move. g.mu
-// must be held.
+// below the 3/4 full that makes a table grow, so no second move is ever
+// needed during a move. g.mu must be held.
 func (g *Group) growLocked() {
 	cur := g.cur.Load()
-	n := 1 << bits.Len(uint(4*(g.held+1)-1)) // the power of two >= 4*(held+1)
+	n := 1 << bits.Len(uint(2*(g.held+1)-1)) // the power of two >= 2*(held+1)
 	n = min(max(n, cur.len()/2, minSlots), 2*cur.len())
 	g.old.Store(cur) // before cur, so that a lookup always finds one of them
 	g.cur.Store(newMemberTable(n))
@@ -438,11 +460,11 @@ func (g *Group) since() time.Duration {
 
 // memberTable is a hash table of members by key, with open addressing and
 // linear probing, that lookups read without a lock while one writer, under
-// Group.mu, adds members and replaces dropped ones by tombstone: a
-// built-in map of 10,000 string keys costs about half of a Limiter.Allow
-// to look up, this about a third. Slots keep the hash, so a probe reads
-// only the member it finds. Fewer than half of the slots are used
-// (members and tombstones), so a probe always ends at an empty slot. A
+// Group.mu, adds members and replaces dropped ones by tombstone. Slots
+// keep the hash, so a probe reads only the member it finds, and four
+// share a cache line, so a table up to 3/4 full (members and tombstones)
+// is both small, which is what makes lookups among many keys fast, and
+// quick to probe; a probe always ends at an empty slot. A
 // slot, once used, is never empty again, so a probe that passed it is not
 // misled; a lookup that misses a member being added takes the lock and
 // looks again.
@@ -509,10 +531,7 @@ func (t *memberTable) get(key string, h uint64) *member {
 			return nil
 		}
 		e := s.e.Load()
-		if e == nil {
-			return nil
-		}
-		if s.hash.Load() == h && e != tombstone && e.key == key {
+		if e == nil || s.hash.Load() == h && e != tombstone && e.key == key {
 			return e
 		}
 	}

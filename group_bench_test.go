@@ -119,6 +119,7 @@ func benchCycle(b *testing.B, n int, allow func(i int) bool) {
 func benchParallelCycle(b *testing.B, n int, allow func(i int) bool) {
 	var seq atomic.Int64
 	b.ReportAllocs()
+	b.ResetTimer() // not the setup
 	b.RunParallel(func(pb *testing.PB) {
 		i := int(seq.Add(7919)) % n
 		for pb.Next() {
