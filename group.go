@@ -19,7 +19,7 @@ const (
 	// moves, and twice the slots of the table that it examines for idle
 	// members. Sixteen moves per added key finish a move before the new
 	// table is full (see growLocked); eight examined slots keep the idle
-	// keys held to about half the keys in use (see Group).
+	// keys held below half the keys in use (see Group).
 	addStep = 16
 	// tendStep slots are examined, with odds 1 in tendOdds, after an
 	// admitted call on a key the group holds: about a quarter of a slot
@@ -44,7 +44,7 @@ const (
 // Idle limiters are dropped lazily, a few at a time, so that no call does
 // work that grows with the number of keys: each call that adds a key
 // examines a few keys for idleness, so that a Group that sees ever new
-// keys holds those in use and at most about as many again; one admitted
+// keys holds those in use and, measured, at most half as many again; one admitted
 // call in a few dozen examines a few more, so that a Group whose keys stop
 // changing lets go of its idle keys too; and each Len examines a few
 // hundred. No goroutine runs in the background. A call that looks up a key
