@@ -376,3 +376,30 @@ func TestGroupConcurrentGrowAndSweep(t *testing.T) {
 		c.Advance(time.Second) // every key idle
 	}
 }
+
+// TestGroupKeepsALimiterInUseThroughResizes checks that a limiter with a
+// call in its window stays the key's limiter, after Get's grace, while
+// every other key goes idle, is dropped, and the table shrinks, a move at
+// a time, to its smallest size: its count is never lost.
+func TestGroupKeepsALimiterInUseThroughResizes(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 2, w)
+	for i := range 5000 {
+		require.True(t, g.Allow("k"+strconv.Itoa(i)))
+	}
+	c.Advance(w / 2)
+	l := g.Get("held") // its grace ends at t0+1.5w
+	c.Advance(w / 4)
+	require.True(t, g.Allow("held")) // counts until t0+1.75w
+	c.Advance(3 * w / 4)
+	for i := 0; g.cur.Load().len() > minSlots || g.old.Load() != nil; i++ {
+		require.Less(t, i, 1000, "table of %d slots", g.cur.Load().len())
+		g.Len()
+	}
+	assert.Equal(t, 1, g.Len())
+	require.Same(t, l, g.Get("held"))
+	assert.Equal(t, 1, l.Stats().InWindow)
+	require.True(t, g.Allow("held"))
+	assert.False(t, g.Allow("held"), "the first call still counts: limit 2")
+	assert.Equal(t, 2, l.Stats().InWindow, "Group.Allow counted on the limiter Get returned")
+}
