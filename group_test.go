@@ -349,16 +349,29 @@ func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
 // exactly its limit, so no call was counted on a limiter that the group
 // lost, and no key had two limiters at once.
 func TestGroupConcurrentGrowAndSweep(t *testing.T) {
-	const limit, keys, workers = 2, 3000, 4
+	for _, tc := range []struct{ limit, keys, rounds int }{
+		{2, 3000, 3},
+		{1, 30000, 1}, // up to a table of chunks
+	} {
+		t.Run(strconv.Itoa(tc.keys), func(t *testing.T) {
+			concurrentGrowAndSweep(t, tc.limit, tc.keys, tc.rounds)
+		})
+	}
+}
+
+// concurrentGrowAndSweep has four goroutines call Allow on every key of
+// keys, rounds times each, in two phases; see TestGroupConcurrentGrowAndSweep.
+func concurrentGrowAndSweep(t *testing.T, limit, keys, rounds int) {
+	const workers = 4
 	g, c := newTestGroup(t, limit, time.Second)
 	for phase := range 2 {
-		var admitted [keys]atomic.Int32
+		admitted := make([]atomic.Int32, keys)
 		var wg sync.WaitGroup
 		for w := range workers {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := range 3 * keys {
+				for i := range rounds * keys {
 					k := (i*7 + w*1009) % keys
 					if g.Allow("key" + strconv.Itoa(k)) {
 						admitted[k].Add(1)
@@ -371,7 +384,7 @@ func TestGroupConcurrentGrowAndSweep(t *testing.T) {
 		}
 		wg.Wait()
 		for k := range admitted {
-			require.Equal(t, limit, int(admitted[k].Load()), "phase %d key%d", phase, k)
+			require.Equal(t, min(limit, rounds*workers), int(admitted[k].Load()), "phase %d key%d", phase, k)
 		}
 		c.Advance(time.Second) // every key idle
 	}
