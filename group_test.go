@@ -416,3 +416,9 @@ func TestGroupKeepsALimiterInUseThroughResizes(t *testing.T) {
 	assert.False(t, g.Allow("held"), "the first call still counts: limit 2")
 	assert.Equal(t, 2, l.Stats().InWindow, "Group.Allow counted on the limiter Get returned")
 }
+
+func TestGroupLenExactForAFewThousandKeys(t *testing.T) {
+	g, _ := idleKeys(t, 3000)
+	require.LessOrEqual(t, g.cur.Load().len(), lenStep)
+	assert.Equal(t, 0, g.Len(), "one Len drops every idle key of a table of lenStep slots")
+}
