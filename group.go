@@ -44,12 +44,14 @@ const (
 // Idle limiters are dropped lazily, a few at a time, so that no call does
 // work that grows with the number of keys: each call that adds a key
 // examines a few keys for idleness, so that a Group that sees ever new
-// keys holds those in use and, measured, at most half as many again; one admitted
-// call in a few dozen examines a few more, so that a Group whose keys stop
-// changing lets go of its idle keys too; and each Len examines a few
-// thousand. No goroutine runs in the background. A call that looks up a key
-// the Group holds takes no lock, so calls on different keys do not
-// contend, and it allocates nothing.
+// keys holds those in use and, measured, at most half as many again; one
+// admitted call in a few dozen examines a few more, so that a Group whose
+// keys stop changing lets go of its idle keys too, slowly; and each Len
+// examines a few thousand, so that calling Len now and then also bounds
+// the memory of a large Group whose keys went idle. No goroutine runs in
+// the background. A call that looks up a key the Group holds takes no
+// lock, so calls on different keys do not contend, and it allocates
+// nothing.
 //
 // Allow and Wait on a Group behave like the same calls on the key's
 // Limiter. Get returns the Limiter itself, for Acquire, Stats or
@@ -139,12 +141,13 @@ func NewGroup(limit int, window time.Duration, opts ...Option) (*Group, error) {
 }
 
 // Get returns the Limiter of key, making it if the key has none. It
-// returns the same *Limiter for a key while that limiter is in use, and
-// for at least the longest window of the rules after Get last returned
-// it, so a caller may Get a limiter and use it soon after. A limiter kept
-// longer and left idle may have been dropped; its later calls then no
-// longer count for the key. Call Get for each use rather than keeping its
-// result.
+// returns the same *Limiter for a key while that limiter is in use (a call
+// in one of its windows or buckets, a permit in flight, a waiter, a
+// pause), so no count is ever lost, and for at least the longest window
+// of the rules after Get last returned it, so a caller may Get a limiter
+// and use it soon after. A limiter kept longer and left idle may have
+// been dropped; its later calls then no longer count for the key. Call
+// Get for each use rather than keeping its result.
 func (g *Group) Get(key string) *Limiter {
 	for {
 		e := g.find(key)
