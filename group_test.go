@@ -422,3 +422,12 @@ func TestGroupLenExactForAFewThousandKeys(t *testing.T) {
 	require.LessOrEqual(t, g.cur.Load().len(), lenStep)
 	assert.Equal(t, 0, g.Len(), "one Len drops every idle key of a table of lenStep slots")
 }
+
+func TestGroupKeepsAKeyWhileItsBucketHoldsCalls(t *testing.T) {
+	g, c := newTestGroup(t, 100, time.Second, WithBucket(2, time.Minute))
+	require.True(t, g.Allow("a"))
+	c.Advance(time.Minute - time.Nanosecond)
+	assert.Equal(t, 1, g.Len(), "out of the window, still in the bucket")
+	c.Advance(time.Nanosecond)
+	assert.Equal(t, 0, g.Len(), "the bucket has drained")
+}
