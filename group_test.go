@@ -349,19 +349,20 @@ func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
 // exactly its limit, so no call was counted on a limiter that the group
 // lost, and no key had two limiters at once.
 func TestGroupConcurrentGrowAndSweep(t *testing.T) {
-	for _, tc := range []struct{ limit, keys, rounds int }{
-		{2, 3000, 3},
-		{1, 30000, 1}, // up to a table of chunks
+	for _, tc := range []struct{ limit, keys, rounds, lenEvery int }{
+		{2, 3000, 3, 499},
+		{1, 26000, 1, 4999}, // up to a table of chunks
 	} {
 		t.Run(strconv.Itoa(tc.keys), func(t *testing.T) {
-			concurrentGrowAndSweep(t, tc.limit, tc.keys, tc.rounds)
+			concurrentGrowAndSweep(t, tc.limit, tc.keys, tc.rounds, tc.lenEvery)
 		})
 	}
 }
 
 // concurrentGrowAndSweep has four goroutines call Allow on every key of
-// keys, rounds times each, in two phases; see TestGroupConcurrentGrowAndSweep.
-func concurrentGrowAndSweep(t *testing.T, limit, keys, rounds int) {
+// keys, rounds times each, and Len every lenEvery calls, in two phases;
+// see TestGroupConcurrentGrowAndSweep.
+func concurrentGrowAndSweep(t *testing.T, limit, keys, rounds, lenEvery int) {
 	const workers = 4
 	g, c := newTestGroup(t, limit, time.Second)
 	for phase := range 2 {
@@ -376,7 +377,7 @@ func concurrentGrowAndSweep(t *testing.T, limit, keys, rounds int) {
 					if g.Allow("key" + strconv.Itoa(k)) {
 						admitted[k].Add(1)
 					}
-					if i%499 == 0 {
+					if i%lenEvery == 0 {
 						g.Len()
 					}
 				}
