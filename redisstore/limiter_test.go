@@ -31,9 +31,25 @@ func newTestLimiter(t *testing.T, c redis.UniversalClient, key string, n int, w 
 // the wait included.
 func allow(t *testing.T, l *Limiter) result {
 	t.Helper()
-	res, err := l.run(context.Background(), opWait, newID())
+	res, err := l.decide(context.Background(), opWait, nextSeq())
 	require.NoError(t, err)
 	return res
+}
+
+// admitWaiting runs op for seq as Wait does, and returns the reply that
+// admits it, so that a test sees the server's time of admission.
+func admitWaiting(ctx context.Context, l *Limiter, op string, seq uint64) (result, error) {
+	for {
+		res, err := l.decide(ctx, op, seq)
+		if err != nil || res.ok() {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return result{}, ctx.Err()
+		case <-time.After(res.wait):
+		}
+	}
 }
 
 func us(d time.Duration) int64 { return int64(d / time.Microsecond) }
@@ -93,12 +109,12 @@ func TestAllowBurstThenSlide(t *testing.T) {
 	var times []int64
 	for i := range n {
 		res := allow(t, l)
-		require.True(t, res.ok, "call %d of the burst", i)
+		require.True(t, res.ok(), "call %d of the burst", i)
 		times = append(times, res.at)
 		assert.Equal(t, n-1-i, res.remaining)
 	}
 	refused := allow(t, l)
-	require.False(t, refused.ok, "call n+1 within the window")
+	require.False(t, refused.ok(), "call n+1 within the window")
 	// The slot frees at exactly times[0] + w on the server clock.
 	assert.Equal(t, times[0]+us(w)-refused.at, us(refused.wait))
 	ok, err := l.Allow(context.Background())
@@ -108,12 +124,12 @@ func TestAllowBurstThenSlide(t *testing.T) {
 
 	time.Sleep(refused.wait) // Redis's own clock has to move
 	again := allow(t, l)
-	assert.True(t, again.ok, "admitted once the first call left the window")
+	assert.True(t, again.ok(), "admitted once the first call left the window")
 	assert.GreaterOrEqual(t, again.at, times[0]+us(w))
 
 	// The second call of the burst frees the next slot, at exactly its time + w.
 	next := allow(t, l)
-	if next.ok {
+	if next.ok() {
 		assert.GreaterOrEqual(t, next.at, times[1]+us(w))
 	} else {
 		assert.Equal(t, times[1]+us(w)-next.at, us(next.wait))
@@ -139,22 +155,22 @@ func TestMultipleRules(t *testing.T) {
 			var times []int64
 			for range 5 {
 				res := allow(t, l)
-				require.True(t, res.ok)
+				require.True(t, res.ok())
 				times = append(times, res.at)
 			}
 			refused := allow(t, l)
-			require.False(t, refused.ok)
+			require.False(t, refused.ok())
 			assert.Equal(t, times[0]+us(200*time.Millisecond)-refused.at, us(refused.wait), "the short rule binds first")
 
 			for range 3 {
-				res, _, err := l.wait(ctx, opWait, newID())
+				res, err := admitWaiting(ctx, l, opWait, nextSeq())
 				require.NoError(t, err)
 				times = append(times, res.at)
 			}
 			assert.GreaterOrEqual(t, times[5], times[0]+us(200*time.Millisecond))
 
 			refused = allow(t, l)
-			require.False(t, refused.ok)
+			require.False(t, refused.ok())
 			assert.Equal(t, times[0]+us(time.Second)-refused.at, us(refused.wait), "now the long rule binds: 8 in 1s")
 			n, err := l.Remaining(ctx)
 			require.NoError(t, err)
@@ -190,11 +206,11 @@ func TestExactManyClients(t *testing.T) {
 			twoPhase := i == 0 // Acquire, then Done at once: counts from Done
 			wg.Go(func() {
 				for {
-					op, id := opWait, newID()
+					op, id := opWait, nextSeq()
 					if twoPhase {
 						op = opAcquire
 					}
-					res, _, err := l.wait(ctx, op, id)
+					res, err := admitWaiting(ctx, l, op, id)
 					if err != nil {
 						if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 							t.Errorf("wait: %v", err)
@@ -203,7 +219,7 @@ func TestExactManyClients(t *testing.T) {
 					}
 					if twoPhase {
 						// What Permit.Done does, keeping the server's time of Done.
-						if res, err = l.run(context.Background(), opDone, id); err != nil {
+						if res, err = l.decide(context.Background(), opDone, id); err != nil || !res.ok() {
 							t.Errorf("done: %v", err)
 							return
 						}
@@ -253,17 +269,17 @@ func TestAcquireDoneCancel(t *testing.T) {
 	assert.EqualValues(t, 2, inFlight())
 
 	refused := allow(t, l)
-	assert.False(t, refused.ok, "in-flight permits hold their slots")
+	assert.False(t, refused.ok(), "in-flight permits hold their slots")
 	assert.Positive(t, refused.wait)
 	assert.LessOrEqual(t, refused.wait, w, "recheck within a window, not after the lease")
 
 	p1.Cancel()
 	assert.EqualValues(t, 1, inFlight())
 	first := allow(t, l)
-	assert.True(t, first.ok, "Cancel frees the slot")
-	assert.False(t, allow(t, l).ok)
+	assert.True(t, first.ok(), "Cancel frees the slot")
+	assert.False(t, allow(t, l).ok())
 
-	id2 := p2.(*permit).id
+	id2 := idOf(p2.(*permit).seq)
 	p2.Done()
 	assert.EqualValues(t, 0, inFlight())
 	doneAt, err := c.ZScore(ctx, log, id2).Result()
@@ -271,7 +287,7 @@ func TestAcquireDoneCancel(t *testing.T) {
 	assert.GreaterOrEqual(t, int64(doneAt), first.at, "at the time of Done")
 
 	refused = allow(t, l)
-	assert.False(t, refused.ok, "a Done call counts for a full window")
+	assert.False(t, refused.ok(), "a Done call counts for a full window")
 	assert.Equal(t, first.at+us(w)-refused.at, us(refused.wait))
 
 	// Second Done or Cancel does nothing.
@@ -285,7 +301,7 @@ func TestAcquireDoneCancel(t *testing.T) {
 	assert.EqualValues(t, 0, inFlight())
 
 	time.Sleep(refused.wait) // first leaves on Redis's clock
-	assert.True(t, allow(t, l).ok)
+	assert.True(t, allow(t, l).ok())
 }
 
 func TestLeaseExpiry(t *testing.T) {
@@ -297,11 +313,11 @@ func TestLeaseExpiry(t *testing.T) {
 
 	p, err := l.Acquire(ctx) // never Done: its process "crashed"
 	require.NoError(t, err)
-	score, err := c.ZScore(ctx, l.keys[0], p.(*permit).id).Result()
+	score, err := c.ZScore(ctx, l.keys[0], idOf(p.(*permit).seq)).Result()
 	require.NoError(t, err)
 
 	refused := allow(t, l)
-	require.False(t, refused.ok)
+	require.False(t, refused.ok())
 	leaseEnd := -int64(score)
 	assert.Positive(t, leaseEnd-refused.at)
 	assert.LessOrEqual(t, leaseEnd-refused.at, us(lease))
@@ -339,7 +355,7 @@ func TestRemainingAndPause(t *testing.T) {
 	a.PauseUntil(time.Now().Add(pause))
 	assert.Equal(t, 0, remaining(b), "a pause holds every process back")
 	refused := allow(t, b)
-	assert.False(t, refused.ok)
+	assert.False(t, refused.ok())
 	assert.Greater(t, refused.wait, pause-50*time.Millisecond)
 	assert.LessOrEqual(t, refused.wait, pause)
 
@@ -367,7 +383,7 @@ func TestWaitContext(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n, "a failed Wait takes no slot")
 
-	require.True(t, allow(t, l).ok)
+	require.True(t, allow(t, l).ok())
 
 	// The next slot frees in ~300ms: a 100ms deadline fails at once.
 	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -431,7 +447,7 @@ func TestKeys(t *testing.T) {
 	l := newTestLimiter(t, c, "api", 5, w, WithPrefix("svc:"), WithWindow(9, 2*w), WithLease(lease))
 	assert.Equal(t, []string{"svc:{api}:log", "svc:{api}:pause"}, l.keys)
 
-	require.True(t, allow(t, l).ok)
+	require.True(t, allow(t, l).ok())
 	p, err := l.Acquire(ctx)
 	require.NoError(t, err)
 	defer p.Cancel()
