@@ -19,15 +19,19 @@ type permit struct {
 // given out twice) and the Done, timed by an estimate that is never early,
 // is written with the Limiter's next call to Redis.
 func (p *permit) Done() {
-	if p.settled.Swap(true) {
-		return
+	if !p.settled.Swap(true) {
+		_, _ = p.l.done(p.seq)
 	}
-	l := p.l
+}
+
+// done marks the in-flight call seq finished and returns the server time
+// Redis counts it from.
+func (l *Limiter) done(seq uint64) (int64, error) {
 	l.mu.Lock()
-	delete(l.own.flight, p.seq)
-	l.own.add(p.seq, l.own.serverNow(true), true)
+	delete(l.own.flight, seq)
+	l.own.add(seq, l.own.serverNow(true), true)
 	l.mu.Unlock()
-	v, err := l.roundTrip(context.Background(), admitScript, l.keys, l.settleArgs(opDone, p.seq))
+	v, err := l.roundTrip(context.Background(), admitScript, l.keys, l.settleArgs(opDone, seq))
 	var res result
 	if err == nil {
 		res, err = parseResult(v)
@@ -35,10 +39,11 @@ func (p *permit) Done() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		l.own.unsent[p.seq] = true
-		return
+		l.own.unsent[seq] = true
+		return 0, err
 	}
-	l.own.retime(p.seq, res.at)
+	l.own.retime(seq, res.at)
+	return res.at, nil
 }
 
 // Cancel removes the permit's entry. When Redis does not take it, the entry
