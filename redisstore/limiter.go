@@ -148,6 +148,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 // under FailOpen, or false and the error under FailClosed.
 func (l *Limiter) Allow(ctx context.Context) (bool, error) {
 	if l.pausedFor() > 0 {
+		_ = l.sync(ctx, false) // the pause reaches Redis as soon as it can
 		return false, ctx.Err()
 	}
 	res, err := l.decide(ctx, opAllow, nextSeq())
@@ -225,6 +226,7 @@ func (l *Limiter) Acquire(ctx context.Context) (limiter.Permit, error) {
 // smallest limit of the rules under FailOpen, or the error under FailClosed.
 func (l *Limiter) Remaining(ctx context.Context) (int, error) {
 	if l.pausedFor() > 0 {
+		_ = l.sync(ctx, false)
 		return 0, ctx.Err()
 	}
 	res, err := l.decide(ctx, opRemaining, 0)
@@ -298,7 +300,9 @@ func (l *Limiter) wait(ctx context.Context, op string, seq uint64) (down bool, e
 			return false, err
 		}
 		d := l.pausedFor()
-		if d <= 0 {
+		if d > 0 {
+			_ = l.sync(ctx, false)
+		} else {
 			res, err := l.decide(ctx, op, seq)
 			if err != nil {
 				if err := l.unreachable(ctx, err); err != nil {
