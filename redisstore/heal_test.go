@@ -199,4 +199,3 @@ func info(t *testing.T, c *redis.Client, section, field string) int64 {
 
 func usedMemory(t *testing.T, c *redis.Client) int64  { return info(t, c, "memory", "used_memory") }
 func evictedKeys(t *testing.T, c *redis.Client) int64 { return info(t, c, "stats", "evicted_keys") }
-
