@@ -50,6 +50,12 @@ const (
 // time before which the log cannot be empty (0 when unknown); then limit and
 // window µs of every rule.
 //
+// Every path writes first with ZREMRANGEBYSCORE, which frees memory: a
+// Redis whose memory is full under noeviction refuses a script's first
+// write only if it may grow memory, and never stops a script midway, so
+// the decision, a Done and a pause still go through, and the log stays
+// true to the calls made.
+//
 // Reply: {status, server now µs, wait µs, remaining, newest}. The status is
 // statusLost, and nothing is decided, when the evidence shows that the log
 // lost entries (FLUSHDB, a restart without persistence, eviction). The wait
@@ -67,13 +73,13 @@ local op, id, key = ARGV[1], ARGV[2], KEYS[1]
 if op == 'c' then
 	return {redis.call('ZREM', key, id), now, 0, 0, 0}
 end
+local longest = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
 if op == 'd' then
 	redis.call('ZADD', key, now, id)
 	redis.call('PEXPIRE', key, ARGV[5])
 	return {1, now, 0, 0, now}
 end
-local longest = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
 local held = redis.call('ZCARD', key)
 if held == 0 and now < tonumber(ARGV[8]) then
 	return {2, now, 0, 0, 0}
@@ -154,6 +160,7 @@ const syncSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key, pause = KEYS[1], KEYS[2]
+redis.call('ZREMRANGEBYSCORE', key, -now, now - tonumber(ARGV[2]))
 local k = tonumber(ARGV[5])
 for i = 6, 5 + k do
 	redis.call('ZREM', key, ARGV[i])
@@ -162,7 +169,6 @@ for i = 6 + k, #ARGV, 2 do
 	redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
 end
 if #ARGV >= 6 + k then
-	redis.call('ZREMRANGEBYSCORE', key, -now, now - tonumber(ARGV[2]))
 	redis.call('PEXPIRE', key, ARGV[1])
 end
 local hold, ms = tonumber(ARGV[3]), tonumber(ARGV[4])
