@@ -316,7 +316,9 @@ func (l *Limiter) wait(ctx context.Context, op string, seq uint64) (down bool, e
 			d = max(res.wait, time.Millisecond/10) // never spin, whatever the reply
 		}
 		if deadline, ok := ctx.Deadline(); ok && d > time.Until(deadline) {
-			return false, fmt.Errorf("redisstore: next slot in %v, after the context deadline: %w", d, limiter.ErrWouldExceedDeadline)
+			// The core's own type, so that the error itself has Timeout and
+			// NonRetriable, as net.Error checks and azcore look for.
+			return false, &limiter.DeadlineError{Wait: d}
 		}
 		if err := waitTimer(ctx, &timer, d); err != nil {
 			return false, err

@@ -400,6 +400,12 @@ func TestWaitContext(t *testing.T) {
 	err = l.Wait(short)
 	assert.ErrorIs(t, err, limiter.ErrWouldExceedDeadline)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	var de *limiter.DeadlineError
+	require.ErrorAs(t, err, &de)
+	assert.Positive(t, de.Wait, "how long the call would have waited")
+	assert.True(t, err.(interface{ Timeout() bool }).Timeout(), "the error itself is a timeout")
+	_, nonRetriable := err.(interface{ NonRetriable() })
+	assert.True(t, nonRetriable)
 	assert.Less(t, time.Since(start), 80*time.Millisecond, "fails fast, before the deadline")
 	_, err = l.Acquire(short)
 	assert.ErrorIs(t, err, limiter.ErrWouldExceedDeadline)
