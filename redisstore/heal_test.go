@@ -33,96 +33,126 @@ func TestMaxInWindow(t *testing.T) {
 	assert.Equal(t, 3, maxInWindow([]int64{0, 1, 2, 1_000_000}, time.Second))
 }
 
-// sharedRun runs greedy callers in three processes' worth of limiters (each
-// with its own client) on one quota of n per w, applies fault about halfway
-// through, and returns the server times of every admission and of the
-// fault. Errors while the fault lasts are retried.
+const (
+	healLimit     = 20
+	healWindow    = 500 * time.Millisecond
+	healProcesses = 3
+)
+
+// sharedRun runs callers in three processes' worth of limiters (each with
+// its own client) on one quota of 20 per 500ms, applies fault after three
+// windows, runs four more, and checks that no window held more than the
+// limit plus the number of processes and that admissions went on after the
+// hold. It returns the server times of every admission and of the fault.
 func sharedRun(t *testing.T, s *redisServer, key string, fault func()) (times []int64, faultAt int64) {
 	t.Helper()
-	const (
-		n, w      = 20, 500 * time.Millisecond
-		processes = 3
-		workers   = 3
-	)
 	ctx, cancel := context.WithCancel(context.Background())
+	var limiters []*Limiter
+	for range healProcesses {
+		limiters = append(limiters, newTestLimiter(t, s.Client(t), key, healLimit, healWindow, WithTimeout(2*time.Second)))
+	}
+	collect := runCallers(ctx, limiters)
+	c := s.Client(t)
+	start := serverNow(t, c)
+	awaitServerTime(t, c, start+us(3*healWindow))
+	faultAt = serverNow(t, c)
+	fault()
+	awaitServerTime(t, c, faultAt+us(4*healWindow))
+	cancel()
+	times = collect()
+
+	most := maxInWindow(times, healWindow)
+	after := 0
+	for _, at := range times {
+		if at > faultAt+us(2*healWindow) {
+			after++
+		}
+	}
+	t.Logf("%d admitted, at most %d in a window of %v (limit %d, %d processes), %d in the last two windows",
+		len(times), most, healWindow, healLimit, healProcesses, after)
+	assert.LessOrEqual(t, most, healLimit+healProcesses, "over by no more than the number of processes")
+	assert.GreaterOrEqual(t, most, healLimit, "the quota was used")
+	assert.Positive(t, after, "admitting again after the hold")
+	return times, faultAt
+}
+
+// runCallers starts three callers on each limiter until ctx ends: one
+// acquires and is done at once, one waits, one polls Allow at its own pace,
+// so that calls arrive all through the window, as callers' own timing makes
+// them. Errors (while a fault lasts) are retried. collect waits for the
+// callers and returns the sorted server times of the admissions.
+func runCallers(ctx context.Context, limiters []*Limiter) (collect func() []int64) {
 	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		times []int64
 	)
-	for range processes {
-		l := newTestLimiter(t, s.Client(t), key, n, w, WithTimeout(2*time.Second))
-		for i := range workers {
-			// One caller of each process acquires and is done at once, one
-			// waits, one polls Allow at its own pace, so that calls arrive
-			// all through the window, as callers' own timing makes them.
-			twoPhase, poll := i == 0, i == 2
+	for _, l := range limiters {
+		for i := range 3 {
 			wg.Go(func() {
 				for ctx.Err() == nil {
-					op, seq := opWait, nextSeq()
-					if twoPhase {
-						op = opAcquire
-					}
-					var (
-						res result
-						err error
-					)
-					if poll {
-						time.Sleep(3 * time.Millisecond) // the caller's pace
-						if res, err = l.decide(ctx, opAllow, seq); err == nil && !res.ok() {
-							continue
-						}
-					} else {
-						res, err = admitWaiting(ctx, l, op, seq)
-					}
-					if err == nil && twoPhase {
-						res.at, err = l.done(seq)
-					}
+					at, err := callOnce(ctx, l, i)
 					if err != nil {
 						if ctx.Err() == nil {
 							time.Sleep(5 * time.Millisecond) // Redis is away; don't spin
 						}
 						continue
 					}
-					mu.Lock()
-					times = append(times, res.at)
-					mu.Unlock()
+					if at != 0 {
+						mu.Lock()
+						times = append(times, at)
+						mu.Unlock()
+					}
 				}
 			})
 		}
 	}
-	c := s.Client(t)
-	now := func() int64 {
-		tm, err := c.Time(context.Background()).Result()
-		require.NoError(t, err)
-		return tm.UnixMicro()
+	return func() []int64 {
+		wg.Wait()
+		slices.Sort(times)
+		return times
 	}
-	start := now()
-	for now() < start+us(3*w) {
+}
+
+// callOnce makes one call of caller kind i (0 acquire and done, 1 wait,
+// 2 poll), and returns the server time it counts from, 0 if refused.
+func callOnce(ctx context.Context, l *Limiter, kind int) (int64, error) {
+	seq := nextSeq()
+	switch kind {
+	case 0:
+		if _, err := admitWaiting(ctx, l, opAcquire, seq); err != nil {
+			return 0, err
+		}
+		return l.done(seq)
+	case 1:
+		res, err := admitWaiting(ctx, l, opWait, seq)
+		return res.at, err
+	}
+	time.Sleep(3 * time.Millisecond) // the caller's pace
+	res, err := l.decide(ctx, opAllow, seq)
+	if err != nil || !res.ok() {
+		return 0, err
+	}
+	return res.at, nil
+}
+
+func serverNow(t *testing.T, c *redis.Client) int64 {
+	t.Helper()
+	tm, err := c.Time(context.Background()).Result()
+	require.NoError(t, err)
+	return tm.UnixMicro()
+}
+
+// awaitServerTime returns once Redis's clock reads at least at (µs); the
+// server may be restarting meanwhile.
+func awaitServerTime(t *testing.T, c *redis.Client, at int64) {
+	t.Helper()
+	for {
+		if tm, err := c.Time(context.Background()).Result(); err == nil && tm.UnixMicro() >= at {
+			return
+		}
 		time.Sleep(10 * time.Millisecond) // real time: Redis's clock has to move
 	}
-	faultAt = now()
-	fault()
-	for {
-		if tm, err := c.Time(context.Background()).Result(); err == nil && tm.UnixMicro() > faultAt+us(4*w) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	wg.Wait()
-	slices.Sort(times)
-	most := maxInWindow(times, w)
-	after := 0
-	for _, at := range times {
-		if at > faultAt+us(2*w) {
-			after++
-		}
-	}
-	t.Logf("%d admitted, at most %d in a window of %v (limit %d, %d processes), %d in the last two windows", len(times), most, w, n, processes, after)
-	assert.LessOrEqual(t, most, n+processes, "over by no more than the number of processes")
-	assert.GreaterOrEqual(t, most, n, "the quota was used")
-	assert.Positive(t, after, "admitting again after the hold")
-	return times, faultAt
 }
 
 func TestHealFlushDB(t *testing.T) {

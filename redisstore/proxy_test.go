@@ -193,7 +193,7 @@ func TestRefusedWrites(t *testing.T) {
 
 	// A replica of a primary that never answers: it keeps its data, serves
 	// reads and refuses writes.
-	require.NoError(t, c.SlaveOf(ctx, "127.0.0.1", "1").Err())
+	require.NoError(t, c.ReplicaOf(ctx, "127.0.0.1", "1").Err())
 	err = c.Set(ctx, "probe", "x", 0).Err()
 	require.Error(t, err)
 	require.True(t, strings.HasPrefix(err.Error(), "READONLY"), err.Error())
@@ -216,7 +216,7 @@ func TestRefusedWrites(t *testing.T) {
 	assert.Negative(t, score, "Redis refused the Done: still in flight there")
 	assert.EqualValues(t, 0, c.Exists(ctx, closed.keys[1]).Val(), "Redis refused the pause")
 
-	require.NoError(t, c.SlaveOf(ctx, "NO", "ONE").Err())
+	require.NoError(t, c.ReplicaOf(ctx, "NO", "ONE").Err())
 	n, err := closed.Remaining(ctx) // paused here: writes what Redis missed
 	require.NoError(t, err)
 	assert.Zero(t, n)

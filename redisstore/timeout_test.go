@@ -80,9 +80,14 @@ func TestTimeoutFrozenRedis(t *testing.T) {
 	thawed = true
 	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= before+2 },
 		30*time.Second, 10*time.Millisecond, "the abandoned reads end once Redis answers")
+	checkWrittenLate(t, c, closed, open, p.(*permit).seq)
+}
 
-	// Back: the Done and the pause that Redis missed are written with the
-	// next call.
+// checkWrittenLate checks that the Done of seq and the pause that closed
+// could not write are written with its next call, and reach open.
+func checkWrittenLate(t *testing.T, c *redis.Client, closed, open *Limiter, seq uint64) {
+	t.Helper()
+	ctx := context.Background()
 	n, err := closed.Remaining(ctx)
 	require.NoError(t, err)
 	assert.Zero(t, n, "paused")
@@ -90,7 +95,7 @@ func TestTimeoutFrozenRedis(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, n, "the pause written late reaches every process")
 	assert.Greater(t, c.PTTL(ctx, closed.keys[1]).Val(), 30*time.Second)
-	score, err := c.ZScore(ctx, closed.keys[0], idOf(p.(*permit).seq)).Result()
+	score, err := c.ZScore(ctx, closed.keys[0], idOf(seq)).Result()
 	require.NoError(t, err)
 	assert.Positive(t, score, "the Done is written: the entry is no longer in flight")
 }
