@@ -20,6 +20,7 @@ type call struct {
 	script *redis.Script
 	keys   []string
 	args   []any
+	fn     func(context.Context) (any, error) // instead of script, when set
 	ctx    context.Context
 	v      any
 	err    error
@@ -29,7 +30,11 @@ type call struct {
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
 func (c *call) run(client redis.Scripter) {
-	c.v, c.err = c.script.Run(c.ctx, client, c.keys, c.args...).Result()
+	if c.fn != nil {
+		c.v, c.err = c.fn(c.ctx)
+	} else {
+		c.v, c.err = c.script.Run(c.ctx, client, c.keys, c.args...).Result()
+	}
 	c.done <- struct{}{}
 }
 
@@ -45,32 +50,38 @@ func (c *call) run(client redis.Scripter) {
 // goroutine ends when the client gives up, and it can no longer retry since
 // its context has ended. No lock is held meanwhile.
 func (l *Limiter) roundTrip(ctx context.Context, script *redis.Script, keys []string, args []any) (any, error) {
+	c := callPool.Get().(*call)
+	c.script, c.keys, c.args = script, keys, args
+	return l.do(ctx, c)
+}
+
+// do makes the round trip c describes, as roundTrip says.
+func (l *Limiter) do(ctx context.Context, c *call) (any, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
+	c.ctx = rctx
 	if l.honoursDeadline {
-		v, err := script.Run(rctx, l.client, keys, args...).Result()
-		return v, l.roundTripErr(ctx, rctx, err)
+		c.run(l.client)
+	} else {
+		go c.run(l.client)
 	}
-	c := callPool.Get().(*call)
-	c.script, c.keys, c.args, c.ctx = script, keys, args, rctx
-	go c.run(l.client)
 	select {
 	case <-c.done:
 		v, err := c.v, c.err
 		*c = call{done: c.done}
 		callPool.Put(c)
-		return v, l.roundTripErr(ctx, rctx, err)
+		return v, roundTripErr(ctx, rctx, err)
 	case <-rctx.Done():
-		return nil, l.roundTripErr(ctx, rctx, rctx.Err())
+		return nil, roundTripErr(ctx, rctx, rctx.Err())
 	}
 }
 
 // roundTripErr names the cause of err from a round trip run under rctx, a
 // child of the caller's ctx with the limiter's timeout.
-func (l *Limiter) roundTripErr(ctx, rctx context.Context, err error) error {
+func roundTripErr(ctx, rctx context.Context, err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return err
 	}

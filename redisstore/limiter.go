@@ -74,10 +74,13 @@ type Limiter struct {
 // window <= 0, a lease or timeout <= 0, or a rule (from WithWindow) equal to
 // or looser than an earlier one.
 //
-// New asks Redis once, within the timeout, for its maxmemory-policy, and
-// remembers whether it lets Redis evict the limiter's keys (see
-// EvictionRisk); it does not fail when Redis cannot be reached or refuses
-// CONFIG GET, as managed services do. No goroutine is started.
+// New asks Redis once, waiting at most the timeout (WithTimeout), for its
+// maxmemory-policy, and remembers whether it lets Redis evict the limiter's
+// keys (see EvictionRisk); it does not fail when Redis cannot be reached or
+// refuses CONFIG GET, as managed services do. Like every round trip of the
+// Limiter, that call runs on a goroutine of its own only for a client that
+// ignores context deadlines, which outlives New only while Redis does not
+// answer, until the client's own timeout.
 //
 // Redis has microsecond resolution: windows and the lease are rounded up to
 // a whole microsecond.
@@ -110,7 +113,7 @@ func New(client redis.UniversalClient, key string, limit int, window time.Durati
 		return nil, err
 	}
 	l := newLimiter(client, c.prefix+"{"+key+"}:", &c)
-	l.evictionRisk = checkEviction(client, c.timeout)
+	l.evictionRisk = l.checkEviction()
 	return l, nil
 }
 

@@ -58,7 +58,7 @@ func admitWaiting(ctx context.Context, l *Limiter, op string, seq uint64) (resul
 func us(d time.Duration) int64 { return int64(d / time.Microsecond) }
 
 func TestNewErrors(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // New does not dial
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1}) // New's one call (CONFIG GET) fails at once
 	t.Cleanup(func() { _ = c.Close() })
 	var nilClient *redis.Client
 	tests := []struct {
@@ -505,7 +505,7 @@ func TestIDsUnique(t *testing.T) {
 // package's words, or a limiter whose rules are valid and whose keys share
 // one hash tag.
 func FuzzNew(f *testing.F) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // New does not dial
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1}) // New's one call (CONFIG GET) fails at once
 	f.Cleanup(func() { _ = c.Close() })
 	f.Add("api", "svc:", 5, int64(time.Second), 9, int64(1500*time.Millisecond), int64(time.Minute))
 	f.Add("api", "", 5, int64(time.Second), 10, int64(1500*time.Millisecond), int64(time.Second))

@@ -61,6 +61,11 @@ func TestTimeoutFrozenRedis(t *testing.T) {
 	})
 	timed("Done", p.Done)
 	timed("PauseUntil", func() { closed.PauseUntil(time.Now().Add(time.Minute)) })
+	timed("New", func() {
+		l, err := New(c, "new", 5, time.Minute, WithTimeout(d))
+		require.NoError(t, err, "New does not need Redis")
+		assert.NoError(t, l.EvictionRisk(), "unknown: no evidence")
+	})
 
 	// A caller whose own deadline ends first gets its deadline, not an
 	// admission: the policy answers for Redis, not for the caller.
@@ -102,7 +107,7 @@ func checkWrittenLate(t *testing.T, c *redis.Client, closed, open *Limiter, seq 
 
 // TestWithTimeoutError checks the option's validation.
 func TestWithTimeoutError(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
 	t.Cleanup(func() { _ = c.Close() })
 	for _, d := range []time.Duration{0, -time.Second} {
 		l, err := New(c, "k", 1, time.Second, WithTimeout(d))
