@@ -57,6 +57,7 @@ type Limiter struct {
 	client          redis.UniversalClient
 	honoursDeadline bool     // the client stops reads at a context deadline
 	keys            []string // log and pause key, in admitSource's order
+	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
 	ruleArgs        []any    // limit and window µs of every rule; read only
 	lease, longest  int64    // µs
 	ttl, holdMs     int64    // key TTL and the hold after a loss, ms
@@ -126,7 +127,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		minLimit = min(minLimit, r.limit)
 		args = append(args, int64(r.limit), ceilDiv(r.window, time.Microsecond))
 	}
-	return &Limiter{
+	l := &Limiter{
 		own:             newOwn(longest),
 		client:          client,
 		honoursDeadline: honoursDeadline(client),
@@ -141,6 +142,8 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		policy:          c.policy,
 		fallback:        c.fallback,
 	}
+	l.fixedArgs = []any{l.lease, l.longest, l.ttl} // boxed once, not per call
+	return l
 }
 
 // Allow reports whether a call may happen now, and if so counts it. It never
@@ -361,21 +364,18 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	l.mu.Lock()
 	now := l.own.serverNow(false)
 	l.own.prune(now)
-	evidence, score, ok := l.own.evidence(now)
+	evidence, proof, score := l.own.evidence(now)
 	horizon := l.own.horizon
 	l.mu.Unlock()
 
-	id, proof := "", ""
+	id := ""
 	if seq != 0 {
 		id = idOf(seq)
 	}
-	if ok {
-		proof = idOf(evidence)
-	} else {
-		evidence = 0
-	}
 	args := make([]any, 0, 8+len(l.ruleArgs))
-	args = append(args, op, id, l.lease, l.longest, l.ttl, proof, score, horizon)
+	args = append(args, op, id)
+	args = append(args, l.fixedArgs...)
+	args = append(args, proof, score, horizon)
 	args = append(args, l.ruleArgs...)
 	sent := time.Now()
 	v, err := l.roundTrip(ctx, admitScript, l.keys, args)
@@ -397,7 +397,7 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	case op == opAcquire:
 		l.own.flight[seq] = res.at + l.lease
 	default:
-		l.own.add(seq, res.at, true)
+		l.own.add(seq, id, res.at, true)
 	}
 	return res, evidence, nil
 }
@@ -463,7 +463,7 @@ func (l *Limiter) recordLocal() {
 		return // no server time to give it
 	}
 	seq := nextSeq()
-	l.own.add(seq, l.own.serverNow(true), false)
+	l.own.add(seq, idOf(seq), l.own.serverNow(true), false)
 	l.own.charged[seq] = true
 }
 

@@ -32,6 +32,7 @@ type own struct {
 type entry struct {
 	seq uint64
 	at  int64
+	id  string // idOf(seq), kept so that the hot path builds it once
 }
 
 func newOwn(longest time.Duration) own {
@@ -74,9 +75,9 @@ func (o *own) prune(now int64) {
 	}
 }
 
-// add records a finished call at server time at.
-func (o *own) add(seq uint64, at int64, sent bool) {
-	o.done = append(o.done, entry{seq, at})
+// add records the finished call seq, named id, at server time at.
+func (o *own) add(seq uint64, id string, at int64, sent bool) {
+	o.done = append(o.done, entry{seq, at, id})
 	if !sent {
 		o.unsent[seq] = true
 	}
@@ -84,20 +85,21 @@ func (o *own) add(seq uint64, at int64, sent bool) {
 }
 
 // evidence returns an own call that Redis holds and that still counts at
-// server time now, by seq and score for admitScript (ok false when there is
-// none). A finished call is preferred: only Cancel removes a permit in flight.
-func (o *own) evidence(now int64) (seq uint64, score int64, ok bool) {
+// server time now, by seq, id and score for admitScript (seq 0 and id ""
+// when there is none). A finished call is preferred: only Cancel removes a
+// permit in flight.
+func (o *own) evidence(now int64) (seq uint64, id string, score int64) {
 	for i := len(o.done) - 1; i >= 0 && o.done[i].at > now-o.longest; i-- {
-		if !o.unsent[o.done[i].seq] {
-			return o.done[i].seq, o.done[i].at, true
+		if e := o.done[i]; !o.unsent[e.seq] {
+			return e.seq, e.id, e.at
 		}
 	}
 	for seq, end := range o.flight {
 		if end > now {
-			return seq, -end, true
+			return seq, idOf(seq), -end
 		}
 	}
-	return 0, 0, false
+	return 0, "", 0
 }
 
 // pending reports whether Redis lacks something this Limiter knows.
@@ -119,7 +121,7 @@ func (o *own) syncArgs(all bool) (args []any, sent []uint64) {
 		} else if !all {
 			continue
 		}
-		args = append(args, e.at, idOf(e.seq))
+		args = append(args, e.at, e.id)
 	}
 	if all {
 		for seq, end := range o.flight {

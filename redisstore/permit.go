@@ -29,7 +29,7 @@ func (p *permit) Done() {
 func (l *Limiter) done(seq uint64) (int64, error) {
 	l.mu.Lock()
 	delete(l.own.flight, seq)
-	l.own.add(seq, l.own.serverNow(true), true)
+	l.own.add(seq, idOf(seq), l.own.serverNow(true), true)
 	l.mu.Unlock()
 	v, err := l.roundTrip(context.Background(), admitScript, l.keys, l.settleArgs(opDone, seq))
 	var res result
@@ -69,7 +69,9 @@ func (p *permit) Cancel() {
 
 // settleArgs returns admitScript's ARGV for Done or Cancel of seq.
 func (l *Limiter) settleArgs(op string, seq uint64) []any {
-	return []any{op, idOf(seq), l.lease, l.longest, l.ttl, "", 0, 0}
+	args := append(make([]any, 0, 8), op, idOf(seq))
+	args = append(args, l.fixedArgs...)
+	return append(args, "", 0, 0) // no evidence: Done and Cancel decide nothing
 }
 
 // localPermit is the permit of a call admitted through the fallback; its
