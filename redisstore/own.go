@@ -62,8 +62,15 @@ func (o *own) serverNow(late bool) int64 {
 	return int64((time.Since(o.epoch) + off) / time.Microsecond)
 }
 
-// prune forgets finished calls that left every window by server time now.
+// prune forgets finished calls that left every window by server time now,
+// and permits never settled whose lease ended (Redis dropped them too).
 func (o *own) prune(now int64) {
+	for seq, end := range o.flight {
+		if end <= now {
+			delete(o.flight, seq)
+			delete(o.charged, seq)
+		}
+	}
 	i := 0
 	for i < len(o.done) && o.done[i].at <= now-o.longest {
 		delete(o.unsent, o.done[i].seq)
