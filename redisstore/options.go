@@ -105,7 +105,10 @@ func WithFallback(l *limiter.Limiter) Option {
 // ignore a context's deadline, is left to finish on a goroutine of its own.
 // A caller's context that ends first ends the call with the context's
 // error, not the failure policy. A decision that finds lost state makes
-// more round trips (see Limiter), each within d.
+// more round trips (see Limiter), each within d. While Redis does not
+// answer, the goroutines left behind are bounded by the client's pool: the
+// pool's connections stay stuck in reads until the client's read timeout,
+// and the rest end at d, waiting for a connection.
 func WithTimeout(d time.Duration) Option {
 	return func(c *config) { c.timeout = d }
 }
