@@ -355,8 +355,13 @@ func (l *Limiter) decide(ctx context.Context, op string, seq uint64) (result, er
 			return result{}, err
 		}
 	}
-	return result{}, errors.New("redisstore: the quota's state in Redis vanished three times in a row")
+	return result{}, errStateLost
 }
+
+// errStateLost means that Redis lost the quota's state again each time it
+// was put back (memory pressure evicting what was just written): Redis does
+// not serve the quota, so the failure policy answers.
+var errStateLost = errors.New("the quota's state vanished each time it was put back")
 
 // ask runs admitScript once for op and records an admission. It returns
 // the seq of the own call it gave as evidence of what the log holds (0: none).
@@ -490,7 +495,7 @@ func (l *Limiter) unreachable(ctx context.Context, err error) error {
 func isUnreachable(err error) bool {
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
-		return true
+		return true // errTimeout, errStateLost, network errors
 	}
 	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM", "MISCONF", "NOREPLICAS"} {
 		if redis.HasErrorPrefix(err, p) {
