@@ -122,4 +122,3 @@ func TestRoutePerKey(t *testing.T) {
 	c.Advance(time.Minute)
 	require.NoError(t, recv(t, ch).err)
 }
-
