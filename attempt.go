@@ -78,23 +78,24 @@ func (c *call) end() {
 // named, then for the permits of the request's route, of what the
 // Transport learned, and of the connection, in that order, so that no
 // slot of the connection is held while the request waits for its route.
+// When what was learned changed while it waited, it starts over, so that
+// no call queued before a lesson slips past it.
 func (c *call) acquire() error {
 	var start time.Time
 	if c.t.OnWait != nil {
 		start = c.clock.Now()
 	}
 	for {
-		ok, err := c.gate()
+		learned, gen, err := c.gate()
 		if err != nil {
 			return err
 		}
-		if ok {
+		if err := c.acquirePermits(learned); err != nil {
+			return err
+		}
+		if c.admit(gen) {
 			break
 		}
-	}
-	if err := c.acquirePermits(); err != nil {
-		c.ungate()
-		return err
 	}
 	if c.t.OnWait != nil {
 		if waited := c.clock.Now().Sub(start); waited > c.t.WaitThreshold {
@@ -104,73 +105,86 @@ func (c *call) acquire() error {
 	return nil
 }
 
-// gate takes the call's weight from the budget the server named, or
-// waits for it and reports false.
-func (c *call) gate() (bool, error) {
+// gate waits until the budget the server named lets a call start, and
+// returns the learned limiters to pass and their generation.
+func (c *call) gate() (learned []*Limiter, gen int, err error) {
 	if c.t.DisableLearning {
-		return true, nil
+		return nil, 0, nil
+	}
+	for {
+		now := c.clock.Now()
+		c.conn.mu.Lock()
+		ln := &c.conn.learn
+		ln.relaxStep(now, c.clock)
+		until, probe, open := ln.gate(now)
+		if open {
+			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
+				if l != nil {
+					learned = append(learned, l)
+				}
+			}
+			gen = ln.gen
+		}
+		c.conn.mu.Unlock()
+		if open {
+			return learned, gen, nil
+		}
+		if err := waitGate(c.ctx, c.clock, now, until, probe); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// admit counts the attempt, whose permits are held, against the budget,
+// unless what was learned changed since gate or the budget closed; then
+// it cancels the permits and reports false, to start over.
+func (c *call) admit(gen int) bool {
+	if c.t.DisableLearning {
+		return true
 	}
 	now := c.clock.Now()
 	c.conn.mu.Lock()
-	until, probe, isProbe, ok := c.conn.learn.gate(now)
+	ln := &c.conn.learn
+	_, _, open := ln.gate(now)
+	ok := open && ln.gen == gen
 	if ok {
-		c.conn.learn.take(c.cost)
-		c.probe = isProbe
+		c.probe = ln.admit(c.cost)
 	}
 	c.conn.mu.Unlock()
-	if ok {
-		return true, nil
+	if !ok {
+		c.permits.cancel()
 	}
-	return false, waitGate(c.ctx, c.clock, now, until, probe)
+	return ok
 }
 
-// ungate gives back what gate took, for an attempt that is not sent.
-func (c *call) ungate() {
+// unadmit gives back what admit took, for an attempt that is not sent.
+func (c *call) unadmit() {
 	if c.t.DisableLearning {
 		return
 	}
 	c.conn.mu.Lock()
-	c.conn.learn.take(-c.cost)
-	if c.probe {
-		c.conn.learn.endProbe()
-		c.conn.learn.probing = true // the next call probes instead
-		c.probe = false
-	}
+	c.conn.learn.unadmit(c.cost, c.probe)
+	c.probe = false
 	c.conn.mu.Unlock()
 }
 
 // acquirePermits takes the attempt's permits, cancelling those it took
 // when one fails.
-func (c *call) acquirePermits() error {
+func (c *call) acquirePermits(learned []*Limiter) error {
 	c.permits = permitSet{}
-	var limiters [3]*Limiter
-	ls := limiters[:0]
 	if c.route >= 0 {
 		l, err := c.conn.route(c.t, c.rt, c.route)
 		if err != nil {
 			return err
 		}
-		ls = append(ls, l)
-	}
-	if !c.t.DisableLearning {
-		now := c.clock.Now()
-		c.conn.mu.Lock()
-		c.conn.learn.relaxStep(now, c.clock)
-		if p := c.conn.learn.policy; p != nil {
-			ls = append(ls, p)
-		}
-		if p := c.conn.learn.pace; p != nil {
-			ls = append(ls, p)
-		}
-		c.conn.mu.Unlock()
-	}
-	for _, l := range ls {
-		p, err := l.AcquireN(c.ctx, c.cost)
-		if err != nil {
-			c.permits.cancel()
+		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
 			return err
 		}
-		c.permits.add(p)
+	}
+	for _, l := range learned {
+		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
+			return err
+		}
 	}
 	p, err := c.acquireConn()
 	if err != nil {
@@ -213,8 +227,8 @@ func (c *call) acquireFailed(err error) (*http.Response, error) {
 		// full): the throttled response, as it is.
 		return c.held, nil
 	}
-	if errors.Is(err, ErrWouldExceedDeadline) {
-		return nil, &deadlineWaitError{err}
+	if errors.Is(err, ErrWouldExceedDeadline) && !isTimeout(err) {
+		return nil, &deadlineWaitError{err} // from an Acquirer that wrapped it
 	}
 	return nil, err
 }
@@ -225,7 +239,7 @@ func (c *call) send() (*http.Response, error) {
 	r, err := c.attemptRequest()
 	if err != nil {
 		c.permits.cancel()
-		c.ungate()
+		c.unadmit()
 		return nil, err
 	}
 	c.sent = true
@@ -283,8 +297,8 @@ func (c *call) failed(err error) {
 	c.conn.mu.Lock()
 	c.conn.inflight--
 	if c.probe {
-		c.conn.learn.endProbe()
-		c.conn.learn.probing = true
+		c.conn.learn.unadmit(0, true)
+		c.probe = false
 	}
 	c.conn.mu.Unlock()
 	if neverSent(err) {
@@ -310,11 +324,17 @@ func neverSent(err error) bool {
 // learner. Then the attempt's permits are done.
 func (c *call) classify(resp *http.Response) verdict {
 	now := c.clock.Now()
-	v := c.t.classify(resp, now, c.throttles)
+	srv := now
+	if needsServerTime(resp) {
+		c.conn.mu.Lock()
+		srv = c.conn.learn.serverTime(resp.Header, now)
+		c.conn.mu.Unlock()
+	}
+	v := c.t.classify(resp, srv, c.throttles)
 	if v.pause > 0 && c.pauser != nil {
 		c.pauser.PauseUntil(now.Add(min(v.pause, c.t.maxRetryAfter())))
 	}
-	c.learn(resp, now, v)
+	c.learn(resp, now, srv, v)
 	// Done after the pause: the call keeps the limiter in use, so a
 	// Group cannot have dropped the limiter that was just paused.
 	c.permits.done()
@@ -322,7 +342,7 @@ func (c *call) classify(resp *http.Response) verdict {
 }
 
 // learn updates what the Transport knows of the server from resp.
-func (c *call) learn(resp *http.Response, now time.Time, v verdict) {
+func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict) {
 	var cfg Stats
 	hasCfg := c.stats != nil
 	if hasCfg && !c.t.DisableLearning && (v.throttled || len(resp.Header[hdrRateLimitPolicy]) > 0) {
@@ -336,12 +356,12 @@ func (c *call) learn(resp *http.Response, now time.Time, v verdict) {
 	}
 	ln := &c.conn.learn
 	if mayHaveQuota(resp.Header) || len(resp.Header[hdrRateLimitPolicy]) > 0 {
-		ln.observe(resp.Header, now, serverNow(resp.Header, now), c.conn.inflight, cfg, hasCfg, c.clock)
+		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if v.throttled {
 		ln.tighten(now, c.admitted, cfg, c.clock)
 	} else {
-		ln.accepted(now, c.cost)
+		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if c.probe {
 		ln.endProbe()
@@ -384,6 +404,18 @@ type permitSet struct {
 	n  int
 }
 
+// acquire adds a permit of weight n from l, or cancels every permit of
+// the set when it cannot.
+func (s *permitSet) acquire(ctx context.Context, l *Limiter, n int) error {
+	p, err := l.AcquireN(ctx, n)
+	if err != nil {
+		s.cancel()
+		return err
+	}
+	s.add(p)
+	return nil
+}
+
 func (s *permitSet) add(p Permit) {
 	s.ps[s.n] = p
 	s.n++
@@ -407,6 +439,14 @@ type noPermit struct{}
 
 func (noPermit) Done()   {}
 func (noPermit) Cancel() {}
+
+// isTimeout reports whether err itself has the methods of a timeout that
+// is not worth retrying, as the core's *DeadlineError has.
+func isTimeout(err error) bool {
+	to, ok := err.(interface{ Timeout() bool })
+	_, nr := err.(interface{ NonRetriable() })
+	return ok && to.Timeout() && nr
+}
 
 // deadlineWaitError is the error of a RoundTrip that could not get a slot
 // before its context's deadline. It has the methods that url.Error,

@@ -24,6 +24,7 @@ type serverModel interface {
 type fakeServer struct {
 	model   serverModel
 	latency time.Duration // each way
+	skew    time.Duration // the server's clock reads time.Now() + skew
 
 	mu       sync.Mutex
 	arrivals []time.Time
@@ -38,8 +39,9 @@ func (s *fakeServer) RoundTrip(req *http.Request) (*http.Response, error) {
 	h := http.Header{}
 	s.mu.Lock()
 	now := time.Now()
-	h.Set("Date", now.UTC().Format(http.TimeFormat))
-	ok, status := s.model.decide(now, h)
+	srv := now.Add(s.skew)
+	h.Set("Date", srv.UTC().Format(http.TimeFormat))
+	ok, status := s.model.decide(srv, h)
 	if ok {
 		s.arrivals = append(s.arrivals, now)
 		status = http.StatusOK
@@ -121,10 +123,11 @@ type githubWindow struct {
 
 func (g *githubWindow) decide(now time.Time, h http.Header) (bool, int) {
 	if !now.Before(g.reset) {
-		g.reset, g.used = now.Add(g.window), 0
+		// The window starts with the call, at the second: its reset is
+		// exact in Unix seconds.
+		g.reset, g.used = now.Truncate(time.Second).Add(g.window), 0
 	}
-	// GitHub sends whole seconds, rounded up so that the reset is never early.
-	reset := g.reset.Add(time.Second - 1).Truncate(time.Second)
+	reset := g.reset
 	h.Set("X-RateLimit-Limit", strconv.Itoa(g.limit))
 	h.Set("X-RateLimit-Reset", strconv.FormatInt(reset.Unix(), 10))
 	if g.used >= g.limit {

@@ -17,13 +17,14 @@ type verdict struct {
 
 // classify reads resp: whether the server throttled the call, and how
 // long the server asks every call to wait. now is the local time at which
-// the response arrived; attempt counts the throttled attempts of this
-// request before it, for the backoff.
+// the response arrived, srv the server's time then, against which
+// absolute times in the headers are read; attempt counts the throttled
+// attempts of this request before it, for the backoff.
 //
 // Throttled, by default: 429; 503 with a Retry-After; 403 with a
 // Retry-After or a spent-quota header (GitHub's secondary and primary
 // limits). Classify, when set, is asked first.
-func (t *Transport) classify(resp *http.Response, now time.Time, attempt int) verdict {
+func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int) verdict {
 	h := resp.Header
 	var v verdict
 	if t.Classify != nil && resp.StatusCode >= 400 {
@@ -31,11 +32,9 @@ func (t *Transport) classify(resp *http.Response, now time.Time, attempt int) ve
 			v = verdict{throttled: true, wait: d, named: d > 0}
 		}
 	}
-	interesting := v.throttled || mayHaveQuota(h) || isThrottleStatus(resp.StatusCode)
-	if !interesting {
-		return v // most responses: no clock or header work
+	if !v.throttled && !needsServerTime(resp) {
+		return v // most responses: no header work
 	}
-	srv := serverNow(h, now)
 	reset, spent := quotaReset(h, srv, maxDuration)
 	if !v.throttled {
 		v = defaultVerdict(resp.StatusCode, h, srv, reset, spent)
@@ -72,8 +71,11 @@ func defaultVerdict(status int, h http.Header, srv time.Time, reset time.Duratio
 	return verdict{}
 }
 
-func isThrottleStatus(status int) bool {
-	return status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable || status == http.StatusForbidden
+// needsServerTime reports whether classify may read the headers of resp,
+// and so needs the server's time.
+func needsServerTime(resp *http.Response) bool {
+	s := resp.StatusCode
+	return s == http.StatusTooManyRequests || s == http.StatusServiceUnavailable || s == http.StatusForbidden || mayHaveQuota(resp.Header)
 }
 
 // askClassify calls Classify with a copy of resp whose body holds the
