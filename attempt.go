@@ -355,13 +355,13 @@ func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict) {
 		return
 	}
 	ln := &c.conn.learn
-	if mayHaveQuota(resp.Header) || len(resp.Header[hdrRateLimitPolicy]) > 0 {
-		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
-	}
 	if v.throttled {
 		ln.tighten(now, c.admitted, cfg, c.clock)
 	} else {
 		ln.accepted(now, c.admitted, c.cost, c.clock)
+	}
+	if mayHaveQuota(resp.Header) || len(resp.Header[hdrRateLimitPolicy]) > 0 {
+		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if c.probe {
 		ln.endProbe()

@@ -154,6 +154,13 @@ func (ln *learner) observe(h http.Header, now, srv time.Time, others int, limit 
 		ln.gen++
 		if ln.policy != nil {
 			ln.policyFull = ln.policy.Remaining()
+			// The calls made in the policy's window count in it.
+			w := ln.policy.Stats().Window
+			for i := range ln.histN {
+				if t := ln.hist[(ln.histNext-1-i+histSize)%histSize]; now.Sub(t) >= w || !ln.policy.Allow() {
+					break
+				}
+			}
 		}
 	}
 }
@@ -239,7 +246,6 @@ func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 		}
 		ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
 		ln.gen++
-		dbg("grow at %v (admitted %v): burst %d every %v ceiling %d", now, admitted, ln.burst, ln.every, ln.ceiling)
 	}
 	for range min(n, histSize) {
 		ln.hist[ln.histNext] = now
@@ -264,7 +270,8 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 	if ln.histN > 0 {
 		lvl = max(0, lvl-float64(now.Sub(prev))/float64(every))
 	}
-	return int(lvl)
+	// Rounded: the server decided a little before the answer arrived.
+	return int(lvl + 0.5)
 }
 
 // tighten learns from a throttled response at now for a call admitted at
@@ -304,7 +311,6 @@ func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
 	ln.changed, ln.throttled = now, now
 	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
 	ln.gen++
-	dbg("tighten at %v (admitted %v): burst %d every %v ceiling %d", now, admitted, ln.burst, ln.every, ln.ceiling)
 }
 
 // relaxStep loosens the pacing by one step when a relax period has passed
@@ -329,7 +335,6 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 	}
 	ln.changed, ln.fitting = now, false
 	ln.gen++
-	dbg("relax at %v: burst %d every %v ceiling %d", now, ln.burst, ln.every, ln.ceiling)
 	if ln.burst >= ln.limit && ln.every <= ln.base {
 		ln.pace = nil // back at the configured rules
 		return
@@ -386,12 +391,4 @@ func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-ch
 		}
 	}
 	return sleepOn(ctx, clock, until.Sub(now))
-}
-
-var debugLearn func(string, ...any)
-
-func dbg(f string, a ...any) {
-	if debugLearn != nil {
-		debugLearn(f, a...)
-	}
 }
