@@ -3,6 +3,7 @@ package limiter
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -65,7 +66,7 @@ func (rt *routeTable) match(req *http.Request) int {
 func (t *Transport) Route(pattern string, limit int, window time.Duration, opts ...Option) (err error) {
 	spec := routeSpec{pattern, limit, window, append([]Option(nil), opts...)}
 	if _, err := spec.limiter(t.clockOf()); err != nil {
-		return fmt.Errorf("limiter: route %q: %w", pattern, err)
+		return &routeError{pattern, err}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -78,7 +79,7 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	defer func() {
 		// ServeMux panics on a pattern it rejects, before registering it.
 		if r := recover(); r != nil {
-			err = fmt.Errorf("limiter: route %q: %v", pattern, r)
+			err = &routeError{pattern, fmt.Errorf("%v", r)}
 		}
 	}()
 	next.mux.Handle(pattern, routeIndex(len(next.specs)))
@@ -86,3 +87,16 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	t.routes.Store(next)
 	return nil
 }
+
+// routeError is the error of a route that cannot be registered: err says
+// why, and is what errors.Is and errors.As look at.
+type routeError struct {
+	pattern string
+	err     error
+}
+
+func (e *routeError) Error() string {
+	return fmt.Sprintf("limiter: route %q: %s", e.pattern, strings.TrimPrefix(e.err.Error(), "limiter: "))
+}
+
+func (e *routeError) Unwrap() error { return e.err }
