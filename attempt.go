@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -42,7 +43,8 @@ func (t *Transport) newCall(req *http.Request) (*call, error) {
 	if t.group == nil && t.acquirer == nil {
 		return nil, errNoLimiter
 	}
-	c := &call{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
+	c := callPool.Get().(*call)
+	*c = call{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
 	if t.Cost != nil {
 		c.cost = max(1, t.Cost(req))
 	}
@@ -72,7 +74,13 @@ func (c *call) end() {
 	if c.put {
 		c.conn.put()
 	}
+	*c = call{} // holds nothing of the request in the pool
+	callPool.Put(c)
 }
+
+// callPool recycles calls: one per RoundTrip would be most of its
+// allocations.
+var callPool = sync.Pool{New: func() any { return new(call) }}
 
 // acquire waits until the attempt may go: for the budget the server
 // named, then for the permits of the request's route, of what the
@@ -112,9 +120,17 @@ func (c *call) gate() (learned []*Limiter, gen int, err error) {
 		return nil, 0, nil
 	}
 	for {
-		now := c.clock.Now()
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
+		if ln.quiet() {
+			// Nothing learned that holds calls back: no clock reading.
+			gen = ln.gen
+			c.conn.mu.Unlock()
+			return nil, gen, nil
+		}
+		c.conn.mu.Unlock()
+		now := c.clock.Now()
+		c.conn.mu.Lock()
 		ln.relaxStep(now, c.clock)
 		until, probe, open := ln.gate(now)
 		if open {
@@ -142,13 +158,13 @@ func (c *call) admit(gen int) bool {
 	if c.t.DisableLearning {
 		return true
 	}
-	now := c.clock.Now()
 	c.conn.mu.Lock()
 	ln := &c.conn.learn
-	_, _, open := ln.gate(now)
+	_, _, open := ln.gate(c.admitted)
 	ok := open && ln.gen == gen
 	if ok {
 		c.probe = ln.admit(c.cost)
+		c.conn.inflight++
 	}
 	c.conn.mu.Unlock()
 	if !ok {
@@ -164,6 +180,7 @@ func (c *call) unadmit() {
 	}
 	c.conn.mu.Lock()
 	c.conn.learn.unadmit(c.cost, c.probe)
+	c.conn.inflight--
 	c.probe = false
 	c.conn.mu.Unlock()
 }
@@ -243,9 +260,6 @@ func (c *call) send() (*http.Response, error) {
 		return nil, err
 	}
 	c.sent = true
-	c.conn.mu.Lock()
-	c.conn.inflight++
-	c.conn.mu.Unlock()
 	resp, err := c.t.base().RoundTrip(r)
 	if err == nil && resp == nil {
 		err = errors.New("limiter: Base RoundTripper returned no response and no error")
@@ -294,13 +308,15 @@ func (c *call) attemptRequest() (*http.Request, error) {
 
 // failed ends an attempt that Base failed.
 func (c *call) failed(err error) {
-	c.conn.mu.Lock()
-	c.conn.inflight--
-	if c.probe {
-		c.conn.learn.unadmit(0, true)
-		c.probe = false
+	if !c.t.DisableLearning {
+		c.conn.mu.Lock()
+		c.conn.inflight--
+		if c.probe {
+			c.conn.learn.unadmit(0, true)
+			c.probe = false
+		}
+		c.conn.mu.Unlock()
 	}
-	c.conn.mu.Unlock()
 	if neverSent(err) {
 		c.permits.cancel()
 		return
@@ -325,16 +341,17 @@ func neverSent(err error) bool {
 func (c *call) classify(resp *http.Response) verdict {
 	now := c.clock.Now()
 	srv := now
-	if needsServerTime(resp) {
+	hk := kindsOf(resp.Header)
+	if hk.needServerTime(resp.StatusCode) {
 		c.conn.mu.Lock()
 		srv = c.conn.learn.serverTime(resp.Header, now)
 		c.conn.mu.Unlock()
 	}
-	v := c.t.classify(resp, srv, c.throttles)
+	v := c.t.classify(resp, srv, c.throttles, hk)
 	if v.pause > 0 && c.pauser != nil {
 		c.pauser.PauseUntil(now.Add(min(v.pause, c.t.maxRetryAfter())))
 	}
-	c.learn(resp, now, srv, v)
+	c.learn(resp, now, srv, v, hk)
 	// Done after the pause: the call keeps the limiter in use, so a
 	// Group cannot have dropped the limiter that was just paused.
 	c.permits.done()
@@ -342,25 +359,25 @@ func (c *call) classify(resp *http.Response) verdict {
 }
 
 // learn updates what the Transport knows of the server from resp.
-func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict) {
+func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict, hk headerKinds) {
 	var cfg Stats
 	hasCfg := c.stats != nil
-	if hasCfg && !c.t.DisableLearning && (v.throttled || len(resp.Header[hdrRateLimitPolicy]) > 0) {
+	if hasCfg && !c.t.DisableLearning && (v.throttled || hk.policy) {
 		cfg = c.stats.Stats()
+	}
+	if c.t.DisableLearning {
+		return
 	}
 	c.conn.mu.Lock()
 	defer c.conn.mu.Unlock()
 	c.conn.inflight--
-	if c.t.DisableLearning {
-		return
-	}
 	ln := &c.conn.learn
 	if v.throttled {
 		ln.tighten(now, c.admitted, cfg, c.clock)
 	} else {
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
-	if mayHaveQuota(resp.Header) || len(resp.Header[hdrRateLimitPolicy]) > 0 {
+	if hk.quota || hk.policy {
 		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if c.probe {

@@ -24,7 +24,7 @@ type verdict struct {
 // Throttled, by default: 429; 503 with a Retry-After; 403 with a
 // Retry-After or a spent-quota header (GitHub's secondary and primary
 // limits). Classify, when set, is asked first.
-func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int) verdict {
+func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int, hk headerKinds) verdict {
 	h := resp.Header
 	var v verdict
 	if t.Classify != nil && resp.StatusCode >= 400 {
@@ -32,12 +32,16 @@ func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int) ve
 			v = verdict{throttled: true, wait: d, named: d > 0}
 		}
 	}
-	if !v.throttled && !needsServerTime(resp) {
+	if !v.throttled && !hk.needServerTime(resp.StatusCode) {
 		return v // most responses: no header work
 	}
-	reset, spent := quotaReset(h, srv, maxDuration)
+	var reset time.Duration
+	var spent bool
+	if hk.quota {
+		reset, spent = quotaReset(h, srv, maxDuration)
+	}
 	if !v.throttled {
-		v = defaultVerdict(resp.StatusCode, h, srv, reset, spent)
+		v = defaultVerdict(resp.StatusCode, h, srv, spent)
 	}
 	if v.throttled && !v.named {
 		if d, ok := retryAfter(h, srv, maxDuration); ok {
@@ -57,25 +61,37 @@ func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int) ve
 
 // defaultVerdict classifies a response by the default rules; the wait is
 // filled in by classify.
-func defaultVerdict(status int, h http.Header, srv time.Time, reset time.Duration, spent bool) verdict {
-	_, hasRetryAfter := retryAfter(h, srv, maxDuration)
+func defaultVerdict(status int, h http.Header, srv time.Time, spent bool) verdict {
 	switch status {
 	case http.StatusTooManyRequests:
 		return verdict{throttled: true}
 	case http.StatusServiceUnavailable:
 		// A 503 is throttling only when the server says when to come back.
-		return verdict{throttled: hasRetryAfter}
+		_, ok := retryAfter(h, srv, maxDuration)
+		return verdict{throttled: ok}
 	case http.StatusForbidden:
-		return verdict{throttled: hasRetryAfter || spent}
+		_, ok := retryAfter(h, srv, maxDuration)
+		return verdict{throttled: ok || spent}
 	}
 	return verdict{}
 }
 
-// needsServerTime reports whether classify may read the headers of resp,
-// and so needs the server's time.
-func needsServerTime(resp *http.Response) bool {
-	s := resp.StatusCode
-	return s == http.StatusTooManyRequests || s == http.StatusServiceUnavailable || s == http.StatusForbidden || mayHaveQuota(resp.Header)
+// headerKinds says which rate limit headers a response has, from a few
+// lookups made once, so that the rest of the work is skipped when there
+// are none.
+type headerKinds struct {
+	quota  bool // RateLimit, RateLimit-Remaining or X-RateLimit-Remaining
+	policy bool // RateLimit-Policy
+}
+
+func kindsOf(h http.Header) headerKinds {
+	return headerKinds{quota: mayHaveQuota(h), policy: len(h[hdrRateLimitPolicy]) > 0}
+}
+
+// needServerTime reports whether classify may read absolute times from a
+// response of status with these headers.
+func (hk headerKinds) needServerTime(status int) bool {
+	return hk.quota || status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable || status == http.StatusForbidden
 }
 
 // askClassify calls Classify with a copy of resp whose body holds the
