@@ -219,9 +219,19 @@ func (c *call) acquireConn() (Permit, error) {
 	var p Permit
 	var err error
 	if c.t.group != nil {
-		l := c.t.group.Get(c.key)
-		c.pauser, c.stats = l, l
-		p, err = l.AcquireN(c.ctx, c.cost)
+		// The Group's own acquire keeps the limiter it grants from and
+		// sweeps idle keys now and then; a weight needs AcquireN on the
+		// key's limiter, which Get keeps for at least a window.
+		var l *Limiter
+		if c.cost == 1 {
+			p, l, err = c.t.group.acquire(c.ctx, c.key)
+		} else {
+			l = c.t.group.Get(c.key)
+			p, err = l.AcquireN(c.ctx, c.cost)
+		}
+		if l != nil {
+			c.pauser, c.stats = l, l
+		}
 	} else {
 		c.pauser = c.t.pauser
 		c.stats, _ = c.t.acquirer.(statser)
