@@ -38,8 +38,9 @@ import (
 // limiter (Stats); an Acquirer without Stats learns the budget and the
 // policy only.
 
-// histSize is how many accepted calls a learner remembers to fit a bucket.
-const histSize = 64
+// histSize is how many accepted calls a learner remembers to fit a bucket:
+// the largest burst it can fit.
+const histSize = 32
 
 // quietSteps is how many relax periods without a throttle it takes to
 // relax past a burst that the server refused before.
@@ -82,9 +83,10 @@ type learner struct {
 	skewOK   bool
 	lastDate string
 
-	hist     [histSize]time.Time // Done instants of accepted calls, a ring
-	histN    int
-	histNext int
+	hist      [histSize]time.Duration // Done instants of accepted calls since histEpoch, a ring
+	histEpoch time.Time
+	histN     int
+	histNext  int
 }
 
 // gate returns, when the budget lets no call start now, what to wait for:
@@ -163,7 +165,7 @@ func (ln *learner) observe(h http.Header, now, srv time.Time, others int, limit 
 			// The calls made in the policy's window count in it.
 			w := ln.policy.Stats().Window
 			for i := range ln.histN {
-				if t := ln.hist[(ln.histNext-1-i+histSize)%histSize]; now.Sub(t) >= w || !ln.policy.Allow() {
+				if t := ln.histAt((ln.histNext - 1 - i + histSize) % histSize); now.Sub(t) >= w || !ln.policy.Allow() {
 					break
 				}
 			}
@@ -253,12 +255,18 @@ func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 		ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
 		ln.gen++
 	}
+	if ln.histN == 0 {
+		ln.histEpoch = now
+	}
 	for range min(n, histSize) {
-		ln.hist[ln.histNext] = now
+		ln.hist[ln.histNext] = now.Sub(ln.histEpoch)
 		ln.histNext = (ln.histNext + 1) % histSize
 		ln.histN = min(ln.histN+1, histSize)
 	}
 }
+
+// histAt returns the i-th slot of the ring as an instant.
+func (ln *learner) histAt(i int) time.Time { return ln.histEpoch.Add(ln.hist[i]) }
 
 // level returns the number of calls a leaky bucket that drains one call
 // each every would hold at now, after the accepted calls remembered.
@@ -266,7 +274,7 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 	lvl := 0.0
 	var prev time.Time
 	for i := range ln.histN {
-		t := ln.hist[(ln.histNext-ln.histN+i+histSize)%histSize]
+		t := ln.histAt((ln.histNext - ln.histN + i + histSize) % histSize)
 		if i > 0 {
 			lvl = max(0, lvl-float64(t.Sub(prev))/float64(every))
 		}
