@@ -133,6 +133,9 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		c.conn.mu.Lock()
 		ln.relaxStep(now, c.clock)
 		until, probe, open := ln.gate(now)
+		if !open && probe == nil {
+			ln.budgetSpent(now, c.clock)
+		}
 		if open {
 			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
 				if l != nil {
@@ -388,7 +391,7 @@ func (c *trip) learn(resp *http.Response, now, srv time.Time, v verdict, hk head
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
-		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
+		ln.observe(resp.Header, now, srv, v.throttled, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if c.probe {
 		ln.endProbe()

@@ -62,19 +62,25 @@ type learner struct {
 	policyFull int      // its Remaining when new
 
 	// The pacing.
-	pace      *Limiter // nil: none learned
-	burst     int
-	every     time.Duration
-	base      time.Duration // the configured pace, window/limit
-	relax     time.Duration // the configured window: one relax step each
-	limit     int           // the configured limit
-	ceiling   int           // the smallest burst the server refused
-	changed   time.Time     // of the last tighten or relax step
-	throttled time.Time     // of the last tighten
-	refused   time.Time     // when the call whose refusal fitted burst was admitted
-	fitting   bool          // burst was fitted to the calls the server accepted
-	fitted    int           // the level burst was fitted to, with the calls accepted late
-	slowed    time.Duration // what the last tighten added to every
+	pace        *Limiter // nil: none learned
+	burst       int
+	every       time.Duration
+	base        time.Duration // the configured pace, window/limit
+	relax       time.Duration // the configured window: one relax step each
+	limit       int           // the configured limit
+	ceiling     int           // the smallest burst the server refused
+	changed     time.Time     // of the last tighten or relax step
+	throttled   time.Time     // of the last tighten: calls admitted before it teach nothing new
+	refused     time.Time     // when the call whose refusal fitted burst was admitted
+	fitting     bool          // burst was fitted to the calls the server accepted
+	fitted      int           // the level burst was fitted to, with the calls accepted late
+	slowed      time.Duration // what the last tighten added to every
+	spentFor    time.Time     // the reset of the budget that last slowed the pace
+	fitCap      int           // the burst a fit may grow to
+	probed      time.Time     // when relaxing last went past the ceiling, until a throttle
+	tried       time.Time     // when relaxing last went past the ceiling, kept
+	quietMul    int           // quietSteps is multiplied by this, doubled by each failed try
+	refusedLast bool          // the latest count came with a refusal
 
 	// The server's clock: the largest Date - local seen, a lower bound of
 	// the server's time minus ours, since Date is truncated to the second
@@ -105,6 +111,35 @@ func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, 
 		return ln.resetAt, nil, false
 	}
 	return time.Time{}, nil, true
+}
+
+// budgetSpent is told that the budget stopped a call before its reset.
+// While pacing, that means the pace spends the server's quota faster than
+// the server gives it back (a sliding counter whose previous window still
+// weighs): the pace slows by a quarter, once per reset, as after a throttle,
+// but without the refusal.
+func (ln *learner) budgetSpent(now time.Time, clock Clock) {
+	if ln.pace == nil || ln.refusedLast || ln.spentFor.Equal(ln.resetAt) {
+		return // a refusal set the budget, and slowed the pace already
+	}
+	ln.spentFor = ln.resetAt
+	ln.every += ln.every / 4
+	ln.changed, ln.throttled = now, now
+	ln.repace(clock)
+}
+
+// repace replaces the pacing limiter after a change of burst or every;
+// the new one starts where the old one was, not empty.
+func (ln *learner) repace(clock Clock) {
+	ln.gen++
+	old := ln.pace
+	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	if old == nil || ln.pace == nil {
+		return
+	}
+	for range max(0, old.Stats().Limit-old.Remaining()) {
+		ln.pace.Allow()
+	}
 }
 
 // quiet reports whether the learner holds nothing that can hold a call
@@ -148,11 +183,11 @@ func (ln *learner) endProbe() {
 
 // observe reads the budget and the policy from a response. now is the
 // local time it arrived, srv the server's (from Date), others the calls
-// of this key in flight besides this one; a reset further than limit
-// counts as limit.
-func (ln *learner) observe(h http.Header, now, srv time.Time, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
+// of this key in flight besides this one, refused whether the server
+// refused the call; a reset further than limit counts as limit.
+func (ln *learner) observe(h http.Header, now, srv time.Time, refused bool, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
 	if left, reset, ok := quotaLeft(h, srv); ok {
-		ln.left = left - int64(others)
+		ln.left, ln.refusedLast = left-int64(others), refused
 		ln.resetAt = now.Add(min(reset, limit))
 		ln.probing = false
 	}
@@ -245,7 +280,7 @@ func (ln *learner) serverTime(h http.Header, now time.Time) time.Time {
 func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 	if ln.fitting && ln.pace != nil && !admitted.After(ln.refused) && ln.burst < ln.limit {
 		ln.fitted += n
-		ln.burst = min(max(ln.fitted, 1), ln.limit)
+		ln.burst = min(max(ln.fitted, 1), ln.fitCap)
 		ln.ceiling = max(ln.ceiling, ln.burst+1)
 		if ln.burst > 1 {
 			// The bucket was not empty after all: the pace stands.
@@ -293,11 +328,18 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 // before the last change was admitted by the old pacing, and teaches
 // nothing new.
 func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
-	if cfg.Limit <= 0 || cfg.Window <= 0 || admitted.Before(ln.changed) {
+	if cfg.Limit <= 0 || cfg.Window <= 0 || admitted.Before(ln.throttled) {
 		return
 	}
 	prev, first := ln.burst, ln.pace == nil
+	if !ln.probed.IsZero() && now.Sub(ln.probed) < 2*ln.relax {
+		// Relaxing past the refused burst earned a refusal: wait twice as
+		// long before the next try.
+		ln.quietMul = min(2*ln.quietMul, 64)
+	}
+	ln.probed = time.Time{}
 	if first {
+		ln.quietMul = 1
 		ln.base = max(cfg.Window/time.Duration(cfg.Limit), 1)
 		ln.every, ln.relax, ln.limit = ln.base, cfg.Window, cfg.Limit
 	}
@@ -306,6 +348,10 @@ func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
 	case f < ln.burst || first:
 		ln.burst = min(max(f, 1), ln.limit)
 		ln.fitting, ln.fitted = true, f
+		ln.fitCap = ln.limit
+		if !first {
+			ln.fitCap = max(prev-1, 1) // prev was refused
+		}
 		if f <= 1 {
 			// Refused with the bucket all but empty: the server's pace
 			// is slower than this one.
@@ -333,13 +379,20 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 	if ln.pace == nil || now.Sub(ln.changed) < ln.relax {
 		return
 	}
-	quiet := now.Sub(ln.throttled) >= quietSteps*ln.relax
+	since := ln.throttled
+	if ln.tried.After(since) {
+		since = ln.tried
+	}
+	quiet := now.Sub(since) >= time.Duration(quietSteps*ln.quietMul)*ln.relax
 	switch {
 	case ln.every > ln.base && quiet:
 		ln.every = max(ln.base, ln.every-ln.every/5)
 	case ln.every > ln.base:
 		return
 	case ln.burst+1 < ln.ceiling || quiet:
+		if ln.burst+1 >= ln.ceiling {
+			ln.probed, ln.tried = now, now // past a burst the server refused before
+		}
 		ln.burst++
 		ln.ceiling = max(ln.ceiling, ln.burst+1)
 	default:
@@ -348,17 +401,12 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 		return
 	}
 	ln.changed, ln.fitting = now, false
-	ln.gen++
 	if ln.burst >= ln.limit && ln.every <= ln.base {
 		ln.pace = nil // back at the configured rules
+		ln.gen++
 		return
 	}
-	old := ln.pace
-	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
-	// The new pacing starts where the old one was, not empty.
-	for range max(0, old.Stats().Limit-old.Remaining()) {
-		ln.pace.Allow()
-	}
+	ln.repace(clock)
 }
 
 // paceLimiter returns the limiter of a learned pacing: burst calls at
