@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -452,5 +453,10 @@ func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-ch
 			return ctx.Err()
 		}
 	}
-	return sleepOn(ctx, clock, until.Sub(now))
+	d := until.Sub(now)
+	if pastDeadline(ctx, d) {
+		err := fmt.Errorf("limiter: the server's quota resets in %v, after the context deadline: %w", d, ErrWouldExceedDeadline)
+		return &deadlineWaitError{err}
+	}
+	return sleepOn(ctx, clock, d)
 }

@@ -337,3 +337,19 @@ func TestBudgetSpentSlowsThePace(t *testing.T) {
 	ln.budgetSpent(t0, c)
 	assert.Equal(t, 125*time.Millisecond, ln.every, "once per reset")
 }
+
+// A budget that resets after the context's deadline fails at once, with
+// an error that says timeout.
+func TestLearnBudgetPastDeadline(t *testing.T) {
+	tr, f, _, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(200, "X-RateLimit-Remaining", "1", "X-RateLimit-Reset", "60"), answer(200)))
+	for range 2 {
+		_, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := syncRoundTrip(t, tr, newGet(t, ctx, "https://api.example.com/"))
+	assert.ErrorIs(t, err, ErrWouldExceedDeadline)
+	assert.True(t, isTimeout(err))
+	assert.Len(t, f.callsSeen(), 2)
+}
