@@ -373,13 +373,13 @@ func (c *trip) classify(resp *http.Response) verdict {
 
 // learn updates what the Transport knows of the server from resp.
 func (c *trip) learn(resp *http.Response, now, srv time.Time, v verdict, hk headerKinds) {
-	var cfg Stats
-	hasCfg := c.stats != nil
-	if hasCfg && !c.t.DisableLearning && (v.throttled || hk.policy) {
-		cfg = c.stats.Stats()
-	}
 	if c.t.DisableLearning {
 		return
+	}
+	var cfg Stats // the connection's first rule, to fit a pacing or weigh a policy
+	hasCfg := c.stats != nil
+	if hasCfg && (v.throttled || hk.policy) {
+		cfg = c.stats.Stats()
 	}
 	c.conn.mu.Lock()
 	defer c.conn.mu.Unlock()

@@ -27,13 +27,18 @@ import (
 //     the rules are too loose for this server. The Transport then adds a
 //     bucket rule, WithBucket(burst, every), with every the configured
 //     pace (window/limit) and burst fitted to the calls the server
-//     accepted: the level a leaky bucket draining one call each every
-//     would have held when the server refused. Another throttle lowers the
-//     burst (to the fitted level, else by half) and, at burst 1, slows
-//     every by a quarter. Without throttles the pacing relaxes one step
-//     per configured window, never past a burst that was throttled
-//     before until ten windows pass quietly, and is dropped once it is
-//     back at the configured rules.
+//     accepted: the level that a leaky bucket draining one call each
+//     every would have held when the server refused, counting the calls
+//     sent before the refused one whose answers come after it. Refused
+//     with that bucket all but empty, the server's own pace is slower:
+//     every grows by a quarter. Another throttle lowers the burst (to the
+//     fitted level, else by half, and at 1 slows every); so does a budget
+//     that the paced calls spend before its reset. Without throttles the
+//     pacing relaxes one step per configured window up to just below the
+//     smallest burst the server refused; each step past it, and each step
+//     back towards the configured pace, waits for ten quiet windows (twice
+//     as many after each step that earned a refusal). Back at the
+//     configured rules, the pacing is dropped.
 //
 // Pacing needs the configured pace, which it reads from the connection's
 // limiter (Stats); an Acquirer without Stats learns the budget and the
