@@ -34,7 +34,7 @@ type trip struct {
 	permits  permitSet
 	pauser   Pauser
 	stats    statser
-	admitted time.Time // when its permits were granted
+	admitted time.Time // when it passed the gate, on its way to its permits
 	probe    bool      // it goes alone, after a reset, to learn the server's state
 }
 
@@ -120,17 +120,13 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		return nil, 0, nil
 	}
 	for {
+		// This reading is also the attempt's admission time: a lesson
+		// learned while the attempt waits for its permits makes it start
+		// over (see admit), so nothing learned lies between the two.
+		now := c.clock.Now()
+		c.admitted = now
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
-		if ln.quiet() {
-			// Nothing learned that holds calls back: no clock reading.
-			gen = ln.gen
-			c.conn.mu.Unlock()
-			return nil, gen, nil
-		}
-		c.conn.mu.Unlock()
-		now := c.clock.Now()
-		c.conn.mu.Lock()
 		ln.relaxStep(now, c.clock)
 		until, probe, open := ln.gate(now)
 		if !open && probe == nil {
@@ -163,7 +159,13 @@ func (c *trip) admit(gen int) bool {
 	}
 	c.conn.mu.Lock()
 	ln := &c.conn.learn
-	_, _, open := ln.gate(c.admitted)
+	now := c.admitted
+	if !ln.resetAt.IsZero() || ln.probing {
+		// A budget: the permits may have taken long enough for its reset
+		// to pass, or it may have come while they did.
+		now = c.clock.Now()
+	}
+	_, _, open := ln.gate(now)
 	ok := open && ln.gen == gen
 	if ok {
 		c.probe = ln.admit(c.cost)
@@ -212,7 +214,6 @@ func (c *trip) acquirePermits(learned []*Limiter) error {
 		return err
 	}
 	c.permits.add(p)
-	c.admitted = c.clock.Now()
 	return nil
 }
 

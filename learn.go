@@ -148,12 +148,6 @@ func (ln *learner) repace(clock Clock) {
 	}
 }
 
-// quiet reports whether the learner holds nothing that can hold a call
-// back, so that gate needs no clock reading.
-func (ln *learner) quiet() bool {
-	return ln.resetAt.IsZero() && ln.probe == nil && !ln.probing && ln.pace == nil && ln.policy == nil
-}
-
 // admit counts a call of weight n that the gate let through against the
 // budget, and reports whether it is the probe. The gate must be open.
 func (ln *learner) admit(n int) (isProbe bool) {
