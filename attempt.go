@@ -360,6 +360,7 @@ func (c *trip) classify(resp *http.Response) verdict {
 		c.conn.mu.Lock()
 		srv = c.conn.learn.serverTime(resp.Header, now)
 		c.conn.mu.Unlock()
+		hk.readQuota(resp.Header, srv)
 	}
 	v := c.t.classify(resp, srv, c.throttles, hk)
 	if v.pause > 0 && c.pauser != nil {
@@ -392,7 +393,7 @@ func (c *trip) learn(resp *http.Response, now, srv time.Time, v verdict, hk head
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
-		ln.observe(resp.Header, now, srv, v.throttled, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
+		ln.observe(resp.Header, hk, now, v.throttled, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if c.probe {
 		ln.endProbe()

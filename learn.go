@@ -181,14 +181,14 @@ func (ln *learner) endProbe() {
 	}
 }
 
-// observe reads the budget and the policy from a response. now is the
-// local time it arrived, srv the server's (from Date), others the calls
+// observe reads the budget and the policy from a response: hk holds the
+// count it read. now is the local time it arrived, others the calls
 // of this key in flight besides this one, refused whether the server
 // refused the call; a reset further than limit counts as limit.
-func (ln *learner) observe(h http.Header, now, srv time.Time, refused bool, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
-	if left, reset, ok := quotaLeft(h, srv); ok {
-		ln.left, ln.refusedLast = left-int64(others), refused
-		ln.resetAt = now.Add(min(reset, limit))
+func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused bool, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
+	if hk.counted {
+		ln.left, ln.refusedLast = hk.left-int64(others), refused
+		ln.resetAt = now.Add(min(hk.reset, limit))
 		ln.probing = false
 	}
 	if vs := h[hdrRateLimitPolicy]; len(vs) > 0 && vs[0] != ln.policyHdr {
