@@ -35,7 +35,7 @@ func runSim(t *testing.T, model func() serverModel, calls, workers int, learn bo
 func runSimAt(t *testing.T, model func() serverModel, calls, workers int, learn bool, phase, behind time.Duration) simResult {
 	var res simResult
 	synctest.Test(t, func(t *testing.T) {
-		skew := t0.Sub(time.Now())
+		skew := time.Until(t0)
 		time.Sleep(phase)
 		start := time.Now()
 		// A synctest bubble starts in 2000, before the Unix resets the
