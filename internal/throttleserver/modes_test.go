@@ -250,3 +250,16 @@ func TestNewRejectsBadModesAndRoutes(t *testing.T) {
 		assert.Panics(t, func() { New(cfg) }, name)
 	}
 }
+
+func TestGitHubBodiesTellTheLimits(t *testing.T) {
+	h := newHarness(t, Config{Mode: ModeGitHub, Limit: 1, Window: time.Hour,
+		SecondaryLimit: 1, SecondaryWindow: time.Second})
+	require.Equal(t, 200, h.do(0, "GET /", "").Code)
+	rec := h.do(0, "GET /", "")
+	require.Equal(t, 403, rec.Code)
+	assert.Contains(t, rec.Body.String(), `secondary rate limit`)
+	assert.Contains(t, rec.Body.String(), `#about-secondary-rate-limits"`)
+	rec = h.do(time.Second, "GET /", "")
+	require.Equal(t, 403, rec.Code)
+	assert.Contains(t, rec.Body.String(), `"message":"API rate limit exceeded.`)
+}

@@ -44,6 +44,7 @@ package throttleserver
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -437,7 +438,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.Set("Retry-After", strconv.Itoa(secs))
 		}
 		w.WriteHeader(d.status)
-		fmt.Fprintf(w, "{\"error\":\"rate limit exceeded\",\"retry_after\":%d}\n", secs)
+		io.WriteString(w, s.refusal(d, secs))
 		return
 	}
 
@@ -451,6 +452,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintf(w, "{\"key\":%q,\"remaining\":%d}\n", c.key, d.remaining)
+}
+
+// GitHub's documentation links, which clients such as go-github read to
+// tell the primary limit from the secondary one.
+const (
+	githubPrimaryDoc   = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-the-primary-rate-limit"
+	githubSecondaryDoc = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+)
+
+// refusal is the body of a refused call: GitHub's JSON in ModeGitHub, a
+// short JSON error with the wait in seconds otherwise.
+func (s *Server) refusal(d decision, secs int) string {
+	switch {
+	case s.cfg.Mode != ModeGitHub:
+		return fmt.Sprintf("{\"error\":\"rate limit exceeded\",\"retry_after\":%d}\n", secs)
+	case d.retryAfter > 0:
+		return `{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.","documentation_url":"` + githubSecondaryDoc + "\"}\n"
+	default:
+		return `{"message":"API rate limit exceeded.","documentation_url":"` + githubPrimaryDoc + "\"}\n"
+	}
 }
 
 // Start serves s on a fresh port of 127.0.0.1 until Close, and returns its
