@@ -28,6 +28,17 @@ type Timer interface {
 	Stop() bool
 }
 
+// TimerAtClock is a Clock that can also make a timer for an instant. A
+// Limiter uses TimerAt when its clock has it, so that a clock moved between
+// the limiter's reading and the timer's making cannot make the timer late.
+// ManualClock implements it.
+type TimerAtClock interface {
+	Clock
+	// TimerAt returns a Timer that fires when the clock reaches when, at
+	// once if it already has.
+	TimerAt(when time.Time) Timer
+}
+
 // SystemClock returns the Clock of the time package: time.Now and
 // time.NewTimer. Inside a testing/synctest bubble these run on the bubble's
 // fake time, so a Limiter using SystemClock can be tested there too.
@@ -80,9 +91,9 @@ func (c *ManualClock) NewTimer(d time.Duration) Timer {
 	return c.timerAtLocked(c.now.Add(d))
 }
 
-// timerAt returns a Timer that fires when the clock reaches when, at once
+// TimerAt returns a Timer that fires when the clock reaches when, at once
 // if it has already.
-func (c *ManualClock) timerAt(when time.Time) Timer {
+func (c *ManualClock) TimerAt(when time.Time) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.timerAtLocked(when)

@@ -466,10 +466,10 @@ func TestAllowNeverJumpsTheQueue(t *testing.T) {
 	l, _ := newManual(t, 5, time.Second)
 	// A waiter whose goroutine has not yet run after its slot freed: the
 	// slot is free, but it is the waiter's.
-	w := &waiter{ready: make(chan struct{}, 1)}
+	w := &waiter{n: 1, ready: make(chan struct{}, 1)}
 	l.mu.Lock()
 	l.queue.push(w)
-	l.mu.Unlock()
+	l.unlock()
 	assert.False(t, l.Allow())
 	assert.Equal(t, 0, l.Remaining())
 	p, err := l.Acquire(expired)
@@ -477,7 +477,7 @@ func TestAllowNeverJumpsTheQueue(t *testing.T) {
 	assert.Nil(t, p)
 	l.mu.Lock()
 	l.queue.remove(w)
-	l.mu.Unlock()
+	l.unlock()
 	assert.True(t, l.Allow())
 }
 

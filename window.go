@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"fmt"
 	"math"
 	"time"
 )
@@ -18,7 +19,7 @@ const minRing = 8
 //
 // Invariant: the n instants that still count are in ring[head],
 // ring[head+1], ... (indices wrap around), oldest first, and
-// n + (calls in flight) <= limit. Instants are durations since the
+// n + (calls in flight) <= limit. A call of weight k is k equal instants. Instants are durations since the
 // Limiter's epoch and never decrease, because the Limiter's clock never
 // runs backwards. The ring grows by doubling up to limit and shrinks when
 // mostly empty, so its memory follows the calls actually in the window.
@@ -39,14 +40,19 @@ func (w *window) at(i int) time.Duration {
 	return w.ring[i]
 }
 
+// pop drops the oldest instant.
+func (w *window) pop() {
+	w.head++
+	if w.head == len(w.ring) {
+		w.head = 0
+	}
+	w.n--
+}
+
 // expire drops the instants that no longer count at now.
 func (w *window) expire(now time.Duration) {
 	for w.n > 0 && addSat(w.ring[w.head], w.size) <= now {
-		w.head++
-		if w.head == len(w.ring) {
-			w.head = 0
-		}
-		w.n--
+		w.pop()
 	}
 	if w.n == 0 {
 		w.head = 0
@@ -56,25 +62,31 @@ func (w *window) expire(now time.Duration) {
 	}
 }
 
-// push records a call at now, which is no earlier than any logged instant.
-// The caller has checked that the rule admits it.
-func (w *window) push(now time.Duration) {
-	if w.n == len(w.ring) {
-		c := 2 * len(w.ring)
-		if c < minRing {
-			c = minRing
-		}
-		if c > w.limit {
-			c = w.limit
-		}
-		w.resize(c)
+// admits reports whether the rule has room for n more calls while held
+// calls in flight occupy it. expire(now) must have been called.
+func (w *window) admits(held, n int) bool { return w.n+held+n <= w.limit }
+
+// push records k calls at now, which is no earlier than any logged
+// instant. The caller has checked that the rule admits them; only after a
+// restored snapshot can a call in flight overfill the log, and then the
+// oldest instants go: with more than limit calls in the window, only the
+// newest limit can decide an admission.
+func (w *window) push(now time.Duration, k int) {
+	for w.n > 0 && w.n+k > w.limit {
+		w.pop()
 	}
-	i := w.head + w.n
-	if i >= len(w.ring) {
-		i -= len(w.ring)
+	if w.n+k > len(w.ring) {
+		c := max(2*len(w.ring), minRing, w.n+k)
+		w.resize(min(c, w.limit))
 	}
-	w.ring[i] = now
-	w.n++
+	for range k {
+		i := w.head + w.n
+		if i >= len(w.ring) {
+			i -= len(w.ring)
+		}
+		w.ring[i] = now
+		w.n++
+	}
 }
 
 func (w *window) resize(c int) {
@@ -85,12 +97,12 @@ func (w *window) resize(c int) {
 	w.ring, w.head = ring, 0
 }
 
-// freeAt returns the earliest instant at which the rule admits one more call
-// while inflight calls hold slots and the log expires as time passes: now
-// if it admits one now, never if only a finishing in-flight call can make
-// room. expire(now) must have been called.
-func (w *window) freeAt(now time.Duration, inflight int) time.Duration {
-	need := w.n + inflight + 1 - w.limit // logged instants that must expire first
+// freeAt returns the earliest instant at which the rule admits n more calls
+// while held calls in flight occupy it and the log expires as time passes:
+// now if it admits them now, never if only a finishing call in flight can
+// make room. expire(now) must have been called.
+func (w *window) freeAt(now time.Duration, held, n int) time.Duration {
+	need := w.n + held + n - w.limit // logged instants that must expire first
 	switch {
 	case need <= 0:
 		return now
@@ -101,13 +113,13 @@ func (w *window) freeAt(now time.Duration, inflight int) time.Duration {
 	}
 }
 
-// earliest returns a lower bound of the instant at which the call that has
-// ahead admissions before it can be admitted by this rule, assuming those
-// go first and every in-flight call is cancelled. Calls are then admitted
-// in a sequence s where s[k] >= s[k-limit] + size; the logged instants are
-// its start. expire(now) must have been called.
-func (w *window) earliest(now time.Duration, ahead int) time.Duration {
-	k := w.n + ahead // index of this call in the sequence
+// earliest returns a lower bound of the instant at which a call of weight n
+// can go after ahead units queued before it, assuming those go first and
+// every call in flight is cancelled. Units are then admitted in a sequence
+// s where s[k] >= s[k-limit] + size; the logged instants are its start.
+// expire(now) must have been called.
+func (w *window) earliest(now time.Duration, ahead, n int) time.Duration {
+	k := w.n + ahead + n - 1 // index of the call's last unit in the sequence
 	if k < w.limit {
 		return now
 	}
@@ -122,10 +134,12 @@ func (w *window) earliest(now time.Duration, ahead int) time.Duration {
 	return base + time.Duration(rounds)*w.size
 }
 
-// addSat returns a+b for b >= 0, saturating at never.
-func addSat(a, b time.Duration) time.Duration {
-	if a > never-b {
-		return never
-	}
-	return a + b
+// implies reports whether every call sequence that w admits is one that v
+// admits too: limit calls per size allow at most limit*ceil(v.size/size)
+// calls in any interval of v.size.
+func (w window) implies(v window) bool {
+	k := int64((v.size-1)/w.size) + 1
+	return int64(w.limit) <= int64(v.limit)/k
 }
+
+func (w window) String() string { return fmt.Sprintf("%d per %v", w.limit, w.size) }

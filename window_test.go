@@ -295,14 +295,14 @@ func TestStressTenThousandWaiters(t *testing.T) {
 func TestMemoryFollowsCalls(t *testing.T) {
 	l, c := newManual(t, 1_000_000, time.Hour)
 	fill(t, l, 10)
-	assert.LessOrEqual(t, cap(l.rules[0].ring), 16)
+	assert.LessOrEqual(t, cap(l.rules.windows[0].ring), 16)
 
 	fill(t, l, 10_000)
-	assert.GreaterOrEqual(t, cap(l.rules[0].ring), 10_010)
+	assert.GreaterOrEqual(t, cap(l.rules.windows[0].ring), 10_010)
 	c.Advance(time.Hour)
 	for range 20 { // each call may halve the ring
 		fill(t, l, 1)
 	}
-	assert.LessOrEqual(t, cap(l.rules[0].ring), 64, "the burst left; its memory goes too")
+	assert.LessOrEqual(t, cap(l.rules.windows[0].ring), 64, "the burst left; its memory goes too")
 	assert.Equal(t, 20, l.Stats().InWindow)
 }
