@@ -263,3 +263,33 @@ func TestGitHubBodiesTellTheLimits(t *testing.T) {
 	require.Equal(t, 403, rec.Code)
 	assert.Contains(t, rec.Body.String(), `"message":"API rate limit exceeded.`)
 }
+
+func TestFastest(t *testing.T) {
+	get := func(n int, target string) []*http.Request {
+		method, path, _ := strings.Cut(target, " ")
+		reqs := make([]*http.Request, n)
+		for i := range reqs {
+			reqs[i] = httptest.NewRequest(method, path, nil)
+		}
+		return reqs
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		reqs []*http.Request
+		want time.Duration
+	}{
+		{"window: the 301st call starts the fourth window", Config{Limit: 100, Window: 10 * time.Second}, get(301, "GET /"), 30 * time.Second},
+		{"window: 300 calls", Config{Limit: 100, Window: 10 * time.Second}, get(300, "GET /"), 20 * time.Second},
+		{"nginx: 6 at once, then one per 100 ms", Config{Mode: ModeBucket, Limit: 10, Window: time.Second, Burst: 5}, get(40, "GET /"), 3400 * time.Millisecond},
+		{"github: fixed windows", Config{Mode: ModeGitHub, Limit: 5, Window: time.Second}, get(12, "GET /"), 2 * time.Second},
+		{"github: secondary", Config{Mode: ModeGitHub, Limit: 100, Window: time.Hour, SecondaryLimit: 2, SecondaryWindow: time.Second}, get(5, "GET /"), 2 * time.Second},
+		{"layered: the route's 45 per minute", Defender(time.Minute), get(46, "POST /api/advancedqueries/run"), time.Minute},
+		{"layered: the hour's 1,500", Defender(time.Minute), get(1501, "GET /api/machines"), time.Hour},
+	} {
+		assert.Equal(t, tc.want, Fastest(tc.cfg, tc.reqs), tc.name)
+	}
+	assert.Panics(t, func() {
+		Fastest(Config{Limit: 2, Cost: BatchCost}, []*http.Request{httptest.NewRequest("POST", "/api/$batch", strings.NewReader(`{"requests":[{},{},{}]}`))})
+	})
+}

@@ -13,6 +13,8 @@ type rule interface {
 	add(now time.Time, n int)
 	// remaining returns how many calls of weight 1 the rule admits now.
 	remaining(now time.Time) int
+	// capacity is the heaviest call the rule can ever admit.
+	capacity() int
 }
 
 // slidingRule admits at most limit weighted calls in any half-open interval
@@ -66,6 +68,8 @@ func (r *slidingRule) add(now time.Time, n int) {
 	r.total += n
 }
 
+func (r *slidingRule) capacity() int { return r.limit }
+
 func (r *slidingRule) remaining(now time.Time) int {
 	r.prune(now)
 	return max(r.limit-r.total, 0)
@@ -101,6 +105,8 @@ func (r *bucketRule) wait(now time.Time, n int) time.Duration {
 }
 
 func (r *bucketRule) add(now time.Time, n int) { r.tat = r.next(now, n) }
+
+func (r *bucketRule) capacity() int { return r.burst + 1 }
 
 func (r *bucketRule) remaining(now time.Time) int {
 	ahead := max(r.tat.Sub(now), 0)
@@ -141,6 +147,8 @@ func (r *fixedRule) add(now time.Time, n int) {
 	r.roll(now)
 	r.used += n
 }
+
+func (r *fixedRule) capacity() int { return r.limit }
 
 func (r *fixedRule) remaining(now time.Time) int {
 	r.roll(now)
