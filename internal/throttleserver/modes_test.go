@@ -293,3 +293,12 @@ func TestFastest(t *testing.T) {
 		Fastest(Config{Limit: 2, Cost: BatchCost}, []*http.Request{httptest.NewRequest("POST", "/api/$batch", strings.NewReader(`{"requests":[{},{},{}]}`))})
 	})
 }
+
+func TestWaitInBody(t *testing.T) {
+	h := newHarness(t, Config{Limit: 1, Window: time.Minute, WaitInBody: true})
+	require.Equal(t, 200, h.do(0, "GET /api/machines", "").Code)
+	rec := h.do(48*time.Second, "GET /api/machines", "")
+	require.Equal(t, 429, rec.Code)
+	assert.Empty(t, rec.Header().Get("Retry-After"))
+	assert.JSONEq(t, `{"error":{"code":"TooManyRequests","message":"Rate limit is exceeded. Try again in 12 seconds."}}`, rec.Body.String())
+}

@@ -121,6 +121,14 @@ type Config struct {
 	SecondaryLimit  int
 	SecondaryWindow time.Duration
 
+	// WaitInBody, in ModeWindow, sends refusals without a Retry-After
+	// header, with the wait in the JSON error body instead
+	// ({"error":{"code":"TooManyRequests","message":"Rate limit is
+	// exceeded. Try again in 12 seconds."}}), as Microsoft's Defender APIs
+	// tell it: a client needs a hook (limiter's Transport.Classify) to read
+	// it.
+	WaitInBody bool
+
 	// KeyHeader names the request header that carries the API key.
 	// Zero means DefaultKeyHeader. Requests without it use DefaultKey.
 	KeyHeader string
@@ -435,7 +443,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		secs := 0
 		if d.retryAfter > 0 {
 			secs = ceilSeconds(d.retryAfter)
-			h.Set("Retry-After", strconv.Itoa(secs))
+			if !s.cfg.WaitInBody {
+				h.Set("Retry-After", strconv.Itoa(secs))
+			}
 		}
 		w.WriteHeader(d.status)
 		io.WriteString(w, s.refusal(d, secs))
@@ -461,10 +471,13 @@ const (
 	githubSecondaryDoc = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
 )
 
-// refusal is the body of a refused call: GitHub's JSON in ModeGitHub, a
-// short JSON error with the wait in seconds otherwise.
+// refusal is the body of a refused call: GitHub's JSON in ModeGitHub,
+// Defender's with WaitInBody, a short JSON error with the wait in seconds
+// otherwise.
 func (s *Server) refusal(d decision, secs int) string {
 	switch {
+	case s.cfg.Mode != ModeGitHub && s.cfg.WaitInBody:
+		return fmt.Sprintf("{\"error\":{\"code\":\"TooManyRequests\",\"message\":\"Rate limit is exceeded. Try again in %d seconds.\"}}\n", secs)
 	case s.cfg.Mode != ModeGitHub:
 		return fmt.Sprintf("{\"error\":\"rate limit exceeded\",\"retry_after\":%d}\n", secs)
 	case d.retryAfter > 0:
