@@ -95,6 +95,23 @@ func (r Result) ThrottledAfter(after time.Duration, statuses ...int) int {
 	return n
 }
 
+// FirstThrottled returns when the first of statuses (429 when none is
+// given) ended, or -1 when none did.
+func (r Result) FirstThrottled(statuses ...int) time.Duration {
+	if len(statuses) == 0 {
+		statuses = []int{http.StatusTooManyRequests}
+	}
+	first := time.Duration(-1)
+	for _, a := range r.Attempts {
+		for _, s := range statuses {
+			if a.Status == s && (first < 0 || a.At < first) {
+				first = a.At
+			}
+		}
+	}
+	return first
+}
+
 // Run makes job's calls through client and returns what happened; counter
 // must be the Counter under client's Transport, made just before.
 func Run(ctx context.Context, client *http.Client, counter *Counter, job Job) Result {

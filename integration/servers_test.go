@@ -50,8 +50,12 @@ func naive(t *testing.T, job Job) Result {
 // room for a loaded machine's scheduling (it is the target, not the usual).
 func checkLearned(t *testing.T, res Result, fastest time.Duration) {
 	t.Helper()
-	t.Logf("%d calls: %d requests, %d x 429 (%d after the first second), wall %v, fastest %v, failed %d %v",
-		res.Calls, len(res.Attempts), res.Throttled(), res.ThrottledAfter(time.Second),
+	learnt := 0
+	if first := res.FirstThrottled(); first >= 0 {
+		learnt = res.ThrottledAfter(first + time.Second)
+	}
+	t.Logf("%d calls: %d requests, %d x 429 (%d after the first second, %d after the first throttled second), wall %v, fastest %v, failed %d %v",
+		res.Calls, len(res.Attempts), res.Throttled(), res.ThrottledAfter(time.Second), learnt,
 		res.Wall.Round(time.Millisecond), fastest, res.Failed, res.Errors)
 	assert.Zero(t, res.Failed, "every call succeeds: %v", res.Errors)
 	assert.LessOrEqual(t, res.ThrottledAfter(time.Second), 1, "at most one 429 after the first window")

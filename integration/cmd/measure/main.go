@@ -7,6 +7,7 @@
 //
 //	go run ./integration/cmd/measure            # about a minute
 //	go run ./integration/cmd/measure -runs 3    # each row three times, every run shown
+//	go run ./integration/cmd/measure -only nginx  # the rows against nginx only
 //
 // Without nginx installed its rows say so. Each row uses a fresh limiter
 // set up as a newcomer would (the server's advertised quota as a window),
@@ -47,11 +48,15 @@ type result struct {
 
 func main() {
 	runs := flag.Int("runs", 1, "runs of each row")
+	only := flag.String("only", "", "run only the rows whose server names this (e.g. nginx)")
 	flag.Parse()
 	ctx := context.Background()
 	fmt.Println("| against | setup | server calls | throttled (after the first window) | failed | wall time (fastest possible) |")
 	fmt.Println("|---|---|---|---|---|---|")
 	for _, r := range rows() {
+		if !strings.Contains(r.against, *only) {
+			continue
+		}
 		var cells [4][]string
 		var note string
 		for range *runs {
