@@ -49,4 +49,4 @@ func (b *bucket) earliest(now time.Duration, ahead, n int) time.Duration {
 // admits too: b is at least as tight as c.
 func (b bucket) implies(c bucket) bool { return b.burst <= c.burst && b.every >= c.every }
 
-func (b bucket) String() string { return fmt.Sprintf("bucket of %d per %v", b.burst, b.every) }
+func (b bucket) String() string { return fmt.Sprintf("bucket of %d, one per %v", b.burst, b.every) }

@@ -124,3 +124,64 @@ func ExampleNew_errors() {
 	// limiter: rule 200 per 1m0s is no tighter than rule 100 per 1m0s
 	// limiter: limit must be positive, got 0
 }
+
+// A leaky bucket on top of a window: 100 per minute, but at most 6 at
+// once and then one each 100 ms, as nginx's limit_req rate=10r/s burst=5
+// enforces.
+func ExampleWithBucket() {
+	clock := limiter.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l, err := limiter.New(100, time.Minute,
+		limiter.WithBucket(6, 100*time.Millisecond), limiter.WithClock(clock))
+	if err != nil {
+		panic(err)
+	}
+	burst := 0
+	for l.Allow() {
+		burst++
+	}
+	fmt.Println("at once:", burst)
+	fmt.Println("after 50ms:", advanceAndAllow(clock, l, 50*time.Millisecond))
+	fmt.Println("after 100ms:", advanceAndAllow(clock, l, 50*time.Millisecond))
+	// Output:
+	// at once: 6
+	// after 50ms: false
+	// after 100ms: true
+}
+
+// A call of weight n counts as n calls: a $batch of 20 requests that the
+// server charges 20.
+func ExampleLimiter_AllowN() {
+	l, err := limiter.New(100, time.Minute)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("batch of 20:", l.AllowN(20))
+	fmt.Println("remaining:", l.Remaining())
+	fmt.Println("batch of 101:", l.AllowN(101)) // more than the rule ever admits
+	// Output:
+	// batch of 20: true
+	// remaining: 80
+	// batch of 101: false
+}
+
+// A process that runs every few minutes saves its limiter on exit and
+// restores it on start, so that it does not send the burst that the server
+// would refuse.
+func ExampleLimiter_MarshalBinary() {
+	clock := limiter.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	first, _ := limiter.New(100, time.Minute, limiter.WithClock(clock))
+	first.AllowN(90)
+	state, err := first.MarshalBinary() // e.g. os.WriteFile(path, state, 0o600)
+	if err != nil {
+		panic(err)
+	}
+
+	clock.Advance(10 * time.Second) // the process restarts
+	next, _ := limiter.New(100, time.Minute, limiter.WithClock(clock))
+	if err := next.UnmarshalBinary(state); err != nil {
+		panic(err) // not a snapshot: start empty, or refuse to start
+	}
+	fmt.Println("remaining after restart:", next.Remaining())
+	// Output:
+	// remaining after restart: 10
+}

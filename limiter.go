@@ -5,7 +5,10 @@
 // interval of length w: it keeps a sliding log of the calls it admitted, not
 // a token bucket and not fixed buckets. It admits a burst of n at once, then
 // one more call each time the oldest call leaves the window. Several rules
-// can hold at once (WithWindow), e.g. 100 per minute and 1,500 per hour.
+// can hold at once (WithWindow), e.g. 100 per minute and 1,500 per hour,
+// and leaky-bucket rules (WithBucket) fit servers that pace calls the way
+// nginx's limit_req does. A call may weigh more than one (AllowN, WaitN,
+// AcquireN), and a Limiter's state survives a restart (MarshalBinary).
 //
 // Call it directly before each request (Allow, Wait, Acquire), or wrap an
 // http.RoundTripper with NewTransport, which also obeys the server's 429 and
@@ -13,7 +16,8 @@
 //
 // All time comes from a Clock. Tests pass a ManualClock and move it with
 // Advance to check a window rollover to the nanosecond without sleeping; a
-// Limiter on SystemClock also runs inside a testing/synctest bubble.
+// Limiter on SystemClock also runs inside a testing/synctest bubble. A
+// context deadline is always real time, whatever the clock.
 package limiter
 
 import (

@@ -104,6 +104,13 @@ func TestNewRejectsNonsense(t *testing.T) {
 		{"looser rule", 100, time.Minute, []Option{WithWindow(200, time.Minute)}, "no tighter"},
 		{"shorter and equal", 100, time.Minute, []Option{WithWindow(100, time.Second)}, "no tighter"},
 		{"implied by repetition", 100, time.Minute, []Option{WithWindow(6000, time.Hour)}, "no tighter"},
+		{"looser rule first", 200, time.Minute, []Option{WithWindow(100, time.Minute)}, "rule 200 per 1m0s is no tighter than rule 100 per 1m0s"},
+		{"looser rule second", 100, time.Minute, []Option{WithWindow(200, time.Minute)}, "rule 200 per 1m0s is no tighter than rule 100 per 1m0s"},
+		{"zero burst", 10, time.Minute, []Option{WithBucket(0, time.Second)}, "burst must be positive, got 0"},
+		{"negative every", 10, time.Minute, []Option{WithBucket(5, -time.Second)}, "every must be positive, got -1s"},
+		{"equal buckets", 10, time.Minute, []Option{WithBucket(5, time.Second), WithBucket(5, time.Second)}, "no tighter"},
+		{"looser bucket first", 10, time.Minute, []Option{WithBucket(9, time.Second), WithBucket(5, 2*time.Second)}, "rule bucket of 9, one per 1s is no tighter than rule bucket of 5, one per 2s"},
+		{"looser bucket second", 10, time.Minute, []Option{WithBucket(5, 2*time.Second), WithBucket(9, time.Second)}, "rule bucket of 9, one per 1s is no tighter than rule bucket of 5, one per 2s"},
 		{"negative waiters", 10, time.Minute, []Option{WithMaxWaiters(-1)}, "must not be negative, got -1"},
 	}
 	for _, tt := range tests {
@@ -123,6 +130,9 @@ func TestNewAcceptsTighterRules(t *testing.T) {
 		WithWindow(5999, time.Hour),
 		WithWindow(10, time.Second), // tighter than the first
 		WithMaxWaiters(0),
+		WithBucket(6, 100*time.Millisecond),
+		WithBucket(1000, time.Nanosecond), // a bucket never makes a window an error
+		WithBucket(1, time.Hour),
 	} {
 		l, err := New(100, time.Minute, opt)
 		require.NoError(t, err)
@@ -481,10 +491,10 @@ func TestAllowNeverJumpsTheQueue(t *testing.T) {
 	assert.True(t, l.Allow())
 }
 
-func TestWaitDeadlineOnEitherTimeline(t *testing.T) {
+func TestWaitDeadlineIsRealTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		// The ManualClock reads t0, far from the bubble's time: a deadline
-		// from context.WithTimeout is read on the bubble's timeline.
+		// is real time (the bubble's), compared with the wait on the clock.
 		l, c := newManual(t, 1, time.Minute)
 		fill(t, l, 1)
 		short, cancel := context.WithTimeout(context.Background(), 30*time.Second)

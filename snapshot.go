@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 )
@@ -116,7 +117,7 @@ func (l *Limiter) restoreLocked(s snapshot, now time.Duration) {
 	}
 	for i := range l.rules.buckets {
 		b := &l.rules.buckets[i]
-		tat := b.tat
+		tat := time.Duration(math.MinInt64) // the calls replayed alone
 		for _, c := range calls {
 			tat = addSat(max(tat, c), b.every)
 		}
