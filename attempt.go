@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -42,7 +43,8 @@ func (t *Transport) newCall(req *http.Request) (*call, error) {
 	if t.group == nil && t.acquirer == nil {
 		return nil, errNoLimiter
 	}
-	c := &call{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
+	c := callPool.Get().(*call)
+	*c = call{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
 	if t.Cost != nil {
 		c.cost = max(1, t.Cost(req))
 	}
@@ -72,29 +74,36 @@ func (c *call) end() {
 	if c.put {
 		c.conn.put()
 	}
+	*c = call{} // holds nothing of the request in the pool
+	callPool.Put(c)
 }
+
+// callPool recycles calls: one per RoundTrip would be most of its
+// allocations.
+var callPool = sync.Pool{New: func() any { return new(call) }}
 
 // acquire waits until the attempt may go: for the budget the server
 // named, then for the permits of the request's route, of what the
 // Transport learned, and of the connection, in that order, so that no
 // slot of the connection is held while the request waits for its route.
+// When what was learned changed while it waited, it starts over, so that
+// no call queued before a lesson slips past it.
 func (c *call) acquire() error {
 	var start time.Time
 	if c.t.OnWait != nil {
 		start = c.clock.Now()
 	}
 	for {
-		ok, err := c.gate()
+		learned, gen, err := c.gate()
 		if err != nil {
 			return err
 		}
-		if ok {
+		if err := c.acquirePermits(learned); err != nil {
+			return err
+		}
+		if c.admit(gen) {
 			break
 		}
-	}
-	if err := c.acquirePermits(); err != nil {
-		c.ungate()
-		return err
 	}
 	if c.t.OnWait != nil {
 		if waited := c.clock.Now().Sub(start); waited > c.t.WaitThreshold {
@@ -104,73 +113,95 @@ func (c *call) acquire() error {
 	return nil
 }
 
-// gate takes the call's weight from the budget the server named, or
-// waits for it and reports false.
-func (c *call) gate() (bool, error) {
+// gate waits until the budget the server named lets a call start, and
+// returns the learned limiters to pass and their generation.
+func (c *call) gate() (learned []*Limiter, gen int, err error) {
 	if c.t.DisableLearning {
-		return true, nil
+		return nil, 0, nil
 	}
-	now := c.clock.Now()
-	c.conn.mu.Lock()
-	until, probe, isProbe, ok := c.conn.learn.gate(now)
-	if ok {
-		c.conn.learn.take(c.cost)
-		c.probe = isProbe
+	for {
+		c.conn.mu.Lock()
+		ln := &c.conn.learn
+		if ln.quiet() {
+			// Nothing learned that holds calls back: no clock reading.
+			gen = ln.gen
+			c.conn.mu.Unlock()
+			return nil, gen, nil
+		}
+		c.conn.mu.Unlock()
+		now := c.clock.Now()
+		c.conn.mu.Lock()
+		ln.relaxStep(now, c.clock)
+		until, probe, open := ln.gate(now)
+		if open {
+			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
+				if l != nil {
+					learned = append(learned, l)
+				}
+			}
+			gen = ln.gen
+		}
+		c.conn.mu.Unlock()
+		if open {
+			return learned, gen, nil
+		}
+		if err := waitGate(c.ctx, c.clock, now, until, probe); err != nil {
+			return nil, 0, err
+		}
 	}
-	c.conn.mu.Unlock()
-	if ok {
-		return true, nil
-	}
-	return false, waitGate(c.ctx, c.clock, now, until, probe)
 }
 
-// ungate gives back what gate took, for an attempt that is not sent.
-func (c *call) ungate() {
+// admit counts the attempt, whose permits are held, against the budget,
+// unless what was learned changed since gate or the budget closed; then
+// it cancels the permits and reports false, to start over.
+func (c *call) admit(gen int) bool {
+	if c.t.DisableLearning {
+		return true
+	}
+	c.conn.mu.Lock()
+	ln := &c.conn.learn
+	_, _, open := ln.gate(c.admitted)
+	ok := open && ln.gen == gen
+	if ok {
+		c.probe = ln.admit(c.cost)
+		c.conn.inflight++
+	}
+	c.conn.mu.Unlock()
+	if !ok {
+		c.permits.cancel()
+	}
+	return ok
+}
+
+// unadmit gives back what admit took, for an attempt that is not sent.
+func (c *call) unadmit() {
 	if c.t.DisableLearning {
 		return
 	}
 	c.conn.mu.Lock()
-	c.conn.learn.take(-c.cost)
-	if c.probe {
-		c.conn.learn.endProbe()
-		c.conn.learn.probing = true // the next call probes instead
-		c.probe = false
-	}
+	c.conn.learn.unadmit(c.cost, c.probe)
+	c.conn.inflight--
+	c.probe = false
 	c.conn.mu.Unlock()
 }
 
 // acquirePermits takes the attempt's permits, cancelling those it took
 // when one fails.
-func (c *call) acquirePermits() error {
+func (c *call) acquirePermits(learned []*Limiter) error {
 	c.permits = permitSet{}
-	var limiters [3]*Limiter
-	ls := limiters[:0]
 	if c.route >= 0 {
 		l, err := c.conn.route(c.t, c.rt, c.route)
 		if err != nil {
 			return err
 		}
-		ls = append(ls, l)
-	}
-	if !c.t.DisableLearning {
-		now := c.clock.Now()
-		c.conn.mu.Lock()
-		c.conn.learn.relaxStep(now, c.clock)
-		if p := c.conn.learn.policy; p != nil {
-			ls = append(ls, p)
-		}
-		if p := c.conn.learn.pace; p != nil {
-			ls = append(ls, p)
-		}
-		c.conn.mu.Unlock()
-	}
-	for _, l := range ls {
-		p, err := l.AcquireN(c.ctx, c.cost)
-		if err != nil {
-			c.permits.cancel()
+		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
 			return err
 		}
-		c.permits.add(p)
+	}
+	for _, l := range learned {
+		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
+			return err
+		}
 	}
 	p, err := c.acquireConn()
 	if err != nil {
@@ -188,9 +219,19 @@ func (c *call) acquireConn() (Permit, error) {
 	var p Permit
 	var err error
 	if c.t.group != nil {
-		l := c.t.group.Get(c.key)
-		c.pauser, c.stats = l, l
-		p, err = l.AcquireN(c.ctx, c.cost)
+		// The Group's own acquire keeps the limiter it grants from and
+		// sweeps idle keys now and then; a weight needs AcquireN on the
+		// key's limiter, which Get keeps for at least a window.
+		var l *Limiter
+		if c.cost == 1 {
+			p, l, err = c.t.group.acquire(c.ctx, c.key)
+		} else {
+			l = c.t.group.Get(c.key)
+			p, err = l.AcquireN(c.ctx, c.cost)
+		}
+		if l != nil {
+			c.pauser, c.stats = l, l
+		}
 	} else {
 		c.pauser = c.t.pauser
 		c.stats, _ = c.t.acquirer.(statser)
@@ -213,8 +254,8 @@ func (c *call) acquireFailed(err error) (*http.Response, error) {
 		// full): the throttled response, as it is.
 		return c.held, nil
 	}
-	if errors.Is(err, ErrWouldExceedDeadline) {
-		return nil, &deadlineWaitError{err}
+	if errors.Is(err, ErrWouldExceedDeadline) && !isTimeout(err) {
+		return nil, &deadlineWaitError{err} // from an Acquirer that wrapped it
 	}
 	return nil, err
 }
@@ -225,13 +266,10 @@ func (c *call) send() (*http.Response, error) {
 	r, err := c.attemptRequest()
 	if err != nil {
 		c.permits.cancel()
-		c.ungate()
+		c.unadmit()
 		return nil, err
 	}
 	c.sent = true
-	c.conn.mu.Lock()
-	c.conn.inflight++
-	c.conn.mu.Unlock()
 	resp, err := c.t.base().RoundTrip(r)
 	if err == nil && resp == nil {
 		err = errors.New("limiter: Base RoundTripper returned no response and no error")
@@ -280,13 +318,15 @@ func (c *call) attemptRequest() (*http.Request, error) {
 
 // failed ends an attempt that Base failed.
 func (c *call) failed(err error) {
-	c.conn.mu.Lock()
-	c.conn.inflight--
-	if c.probe {
-		c.conn.learn.endProbe()
-		c.conn.learn.probing = true
+	if !c.t.DisableLearning {
+		c.conn.mu.Lock()
+		c.conn.inflight--
+		if c.probe {
+			c.conn.learn.unadmit(0, true)
+			c.probe = false
+		}
+		c.conn.mu.Unlock()
 	}
-	c.conn.mu.Unlock()
 	if neverSent(err) {
 		c.permits.cancel()
 		return
@@ -310,11 +350,18 @@ func neverSent(err error) bool {
 // learner. Then the attempt's permits are done.
 func (c *call) classify(resp *http.Response) verdict {
 	now := c.clock.Now()
-	v := c.t.classify(resp, now, c.throttles)
+	srv := now
+	hk := kindsOf(resp.Header)
+	if hk.needServerTime(resp.StatusCode) {
+		c.conn.mu.Lock()
+		srv = c.conn.learn.serverTime(resp.Header, now)
+		c.conn.mu.Unlock()
+	}
+	v := c.t.classify(resp, srv, c.throttles, hk)
 	if v.pause > 0 && c.pauser != nil {
 		c.pauser.PauseUntil(now.Add(min(v.pause, c.t.maxRetryAfter())))
 	}
-	c.learn(resp, now, v)
+	c.learn(resp, now, srv, v, hk)
 	// Done after the pause: the call keeps the limiter in use, so a
 	// Group cannot have dropped the limiter that was just paused.
 	c.permits.done()
@@ -322,26 +369,26 @@ func (c *call) classify(resp *http.Response) verdict {
 }
 
 // learn updates what the Transport knows of the server from resp.
-func (c *call) learn(resp *http.Response, now time.Time, v verdict) {
+func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict, hk headerKinds) {
 	var cfg Stats
 	hasCfg := c.stats != nil
-	if hasCfg && !c.t.DisableLearning && (v.throttled || len(resp.Header[hdrRateLimitPolicy]) > 0) {
+	if hasCfg && !c.t.DisableLearning && (v.throttled || hk.policy) {
 		cfg = c.stats.Stats()
+	}
+	if c.t.DisableLearning {
+		return
 	}
 	c.conn.mu.Lock()
 	defer c.conn.mu.Unlock()
 	c.conn.inflight--
-	if c.t.DisableLearning {
-		return
-	}
 	ln := &c.conn.learn
-	if mayHaveQuota(resp.Header) || len(resp.Header[hdrRateLimitPolicy]) > 0 {
-		ln.observe(resp.Header, now, serverNow(resp.Header, now), c.conn.inflight, cfg, hasCfg, c.clock)
-	}
 	if v.throttled {
 		ln.tighten(now, c.admitted, cfg, c.clock)
 	} else {
-		ln.accepted(now, c.cost)
+		ln.accepted(now, c.admitted, c.cost, c.clock)
+	}
+	if hk.quota || hk.policy {
+		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if c.probe {
 		ln.endProbe()
@@ -384,6 +431,18 @@ type permitSet struct {
 	n  int
 }
 
+// acquire adds a permit of weight n from l, or cancels every permit of
+// the set when it cannot.
+func (s *permitSet) acquire(ctx context.Context, l *Limiter, n int) error {
+	p, err := l.AcquireN(ctx, n)
+	if err != nil {
+		s.cancel()
+		return err
+	}
+	s.add(p)
+	return nil
+}
+
 func (s *permitSet) add(p Permit) {
 	s.ps[s.n] = p
 	s.n++
@@ -407,6 +466,14 @@ type noPermit struct{}
 
 func (noPermit) Done()   {}
 func (noPermit) Cancel() {}
+
+// isTimeout reports whether err itself has the methods of a timeout that
+// is not worth retrying, as the core's *DeadlineError has.
+func isTimeout(err error) bool {
+	to, ok := err.(interface{ Timeout() bool })
+	_, nr := err.(interface{ NonRetriable() })
+	return ok && to.Timeout() && nr
+}
 
 // deadlineWaitError is the error of a RoundTrip that could not get a slot
 // before its context's deadline. It has the methods that url.Error,

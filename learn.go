@@ -53,6 +53,7 @@ type learner struct {
 	resetAt time.Time // zero: no budget known
 	probe   chan struct{}
 	probing bool // a reset passed: the next call goes alone
+	gen     int  // counts the changes of policy and pace
 
 	// The policy.
 	policyHdr  string   // the RateLimit-Policy it was made from
@@ -60,14 +61,26 @@ type learner struct {
 	policyFull int      // its Remaining when new
 
 	// The pacing.
-	pace    *Limiter // nil: none learned
-	burst   int
-	every   time.Duration
-	base    time.Duration // the configured pace, window/limit
-	relax   time.Duration // the configured window: one relax step each
-	limit   int           // the configured limit
-	ceiling int           // the smallest burst the server refused
-	changed time.Time     // of the last tighten or relax step
+	pace      *Limiter // nil: none learned
+	burst     int
+	every     time.Duration
+	base      time.Duration // the configured pace, window/limit
+	relax     time.Duration // the configured window: one relax step each
+	limit     int           // the configured limit
+	ceiling   int           // the smallest burst the server refused
+	changed   time.Time     // of the last tighten or relax step
+	throttled time.Time     // of the last tighten
+	refused   time.Time     // when the call whose refusal fitted burst was admitted
+	fitting   bool          // burst was fitted to the calls the server accepted
+	fitted    int           // the level burst was fitted to, with the calls accepted late
+	slowed    time.Duration // what the last tighten added to every
+
+	// The server's clock: the largest Date - local seen, a lower bound of
+	// the server's time minus ours, since Date is truncated to the second
+	// and made before the response arrives.
+	skew     time.Duration
+	skewOK   bool
+	lastDate string
 
 	hist     [histSize]time.Time // Done instants of accepted calls, a ring
 	histN    int
@@ -75,31 +88,51 @@ type learner struct {
 }
 
 // gate returns, when the budget lets no call start now, what to wait for:
-// a time (the reset) or a channel (the probe's response). A call that may
-// start reports ok. When a reset has passed and the state is unknown, the
-// first caller becomes the probe, and gate reports that.
-func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, isProbe, ok bool) {
+// a time (the reset) or a channel (the probe's response); otherwise it
+// reports open. Once a reset has passed the server's state is unknown:
+// the gate is open for one call, the probe, which admit elects.
+func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, open bool) {
 	if !ln.resetAt.IsZero() && !now.Before(ln.resetAt) {
 		ln.resetAt = time.Time{}
 		ln.probing = true
 	}
 	switch {
 	case ln.probe != nil:
-		return time.Time{}, ln.probe, false, false
-	case ln.probing:
-		ln.probe = make(chan struct{})
-		ln.probing = false
-		return time.Time{}, nil, true, true
+		return time.Time{}, ln.probe, false
 	case !ln.resetAt.IsZero() && ln.left <= 0:
-		return ln.resetAt, nil, false, false
+		return ln.resetAt, nil, false
 	}
-	return time.Time{}, nil, false, true
+	return time.Time{}, nil, true
 }
 
-// take counts a call of weight n against the budget.
-func (ln *learner) take(n int) {
+// quiet reports whether the learner holds nothing that can hold a call
+// back, so that gate needs no clock reading.
+func (ln *learner) quiet() bool {
+	return ln.resetAt.IsZero() && ln.probe == nil && !ln.probing && ln.pace == nil && ln.policy == nil
+}
+
+// admit counts a call of weight n that the gate let through against the
+// budget, and reports whether it is the probe. The gate must be open.
+func (ln *learner) admit(n int) (isProbe bool) {
 	if !ln.resetAt.IsZero() {
 		ln.left -= int64(n)
+	}
+	if ln.probing {
+		ln.probing = false
+		ln.probe = make(chan struct{})
+		return true
+	}
+	return false
+}
+
+// unadmit gives back what admit took, for a call that was not sent.
+func (ln *learner) unadmit(n int, wasProbe bool) {
+	if !ln.resetAt.IsZero() {
+		ln.left += int64(n)
+	}
+	if wasProbe {
+		ln.endProbe()
+		ln.probing = true // the next call probes instead
 	}
 }
 
@@ -113,18 +146,27 @@ func (ln *learner) endProbe() {
 
 // observe reads the budget and the policy from a response. now is the
 // local time it arrived, srv the server's (from Date), others the calls
-// of this key in flight besides this one.
-func (ln *learner) observe(h http.Header, now, srv time.Time, others int, cfg Stats, hasCfg bool, clock Clock) {
+// of this key in flight besides this one; a reset further than limit
+// counts as limit.
+func (ln *learner) observe(h http.Header, now, srv time.Time, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
 	if left, reset, ok := quotaLeft(h, srv); ok {
 		ln.left = left - int64(others)
-		ln.resetAt = now.Add(reset)
+		ln.resetAt = now.Add(min(reset, limit))
 		ln.probing = false
 	}
 	if vs := h[hdrRateLimitPolicy]; len(vs) > 0 && vs[0] != ln.policyHdr {
 		ln.policyHdr = vs[0]
 		ln.policy = policyLimiter(policies(vs), cfg, hasCfg, clock)
+		ln.gen++
 		if ln.policy != nil {
 			ln.policyFull = ln.policy.Remaining()
+			// The calls made in the policy's window count in it.
+			w := ln.policy.Stats().Window
+			for i := range ln.histN {
+				if t := ln.hist[(ln.histNext-1-i+histSize)%histSize]; now.Sub(t) >= w || !ln.policy.Allow() {
+					break
+				}
+			}
 		}
 	}
 }
@@ -165,8 +207,52 @@ func implied(limit int, window time.Duration, p policy) bool {
 	return int64(limit) <= int64(p.q)/k
 }
 
-// accepted remembers n calls that the server accepted, done at now.
-func (ln *learner) accepted(now time.Time, n int) {
+// serverTime returns the server's time when a response with header h
+// arrived at local time now: from its Date header, as precisely as the
+// Dates seen so far allow. Absolute times in the headers (an HTTP-date,
+// a reset in Unix seconds) are read against it, so a client whose clock
+// is off still waits as long as the server means, and never less.
+// Without a Date, it is now.
+func (ln *learner) serverTime(h http.Header, now time.Time) time.Time {
+	v, ok := firstValue(h, hdrDate)
+	if !ok {
+		return now
+	}
+	if v != ln.lastDate {
+		// The first response of each second is the best sample of it.
+		ln.lastDate = v
+		if t, err := http.ParseTime(v); err == nil {
+			d := t.Sub(now)
+			// A sample that disagrees by more than a second means that a
+			// clock was set: start again from it.
+			if !ln.skewOK || d > ln.skew || d < ln.skew-2*time.Second {
+				ln.skew, ln.skewOK = d, true
+			}
+		}
+	}
+	if !ln.skewOK {
+		return now
+	}
+	return now.Add(ln.skew)
+}
+
+// accepted remembers n calls that the server accepted, done at now, of
+// a call admitted at admitted. A call admitted no later than the refused
+// one whose burst was fitted, but whose answer came after the refusal,
+// was in the server's bucket too: the burst grows by it.
+func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
+	if ln.fitting && ln.pace != nil && !admitted.After(ln.refused) && ln.burst < ln.limit {
+		ln.fitted += n
+		ln.burst = min(max(ln.fitted, 1), ln.limit)
+		ln.ceiling = max(ln.ceiling, ln.burst+1)
+		if ln.burst > 1 {
+			// The bucket was not empty after all: the pace stands.
+			ln.every -= ln.slowed
+			ln.slowed = 0
+		}
+		ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+		ln.gen++
+	}
 	for range min(n, histSize) {
 		ln.hist[ln.histNext] = now
 		ln.histNext = (ln.histNext + 1) % histSize
@@ -190,7 +276,8 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 	if ln.histN > 0 {
 		lvl = max(0, lvl-float64(now.Sub(prev))/float64(every))
 	}
-	return int(lvl)
+	// Rounded: the server decided a little before the answer arrived.
+	return int(lvl + 0.5)
 }
 
 // tighten learns from a throttled response at now for a call admitted at
@@ -201,25 +288,35 @@ func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
 	if cfg.Limit <= 0 || cfg.Window <= 0 || admitted.Before(ln.changed) {
 		return
 	}
-	prev := ln.burst
-	if ln.pace == nil {
+	prev, first := ln.burst, ln.pace == nil
+	if first {
 		ln.base = max(cfg.Window/time.Duration(cfg.Limit), 1)
 		ln.every, ln.relax, ln.limit = ln.base, cfg.Window, cfg.Limit
-		ln.burst = min(max(ln.level(now, ln.every), 1), cfg.Limit)
-		ln.ceiling = ln.burst + 1
-	} else {
-		switch f := ln.level(now, ln.every); {
-		case f < ln.burst:
-			ln.burst = max(f, 1)
-		case ln.burst > 1:
-			ln.burst /= 2
-		default:
-			ln.every += ln.every / 4
-		}
-		ln.ceiling = min(ln.ceiling, max(prev, ln.burst+1))
 	}
-	ln.changed = now
+	ln.refused, ln.fitting, ln.slowed = admitted, false, 0
+	switch f := ln.level(now, ln.every); {
+	case f < ln.burst || first:
+		ln.burst = min(max(f, 1), ln.limit)
+		ln.fitting, ln.fitted = true, f
+		if f <= 1 {
+			// Refused with the bucket all but empty: the server's pace
+			// is slower than this one.
+			ln.slowed = ln.every / 4
+		}
+	case ln.burst > 1:
+		ln.burst /= 2
+	default:
+		ln.slowed = ln.every / 4
+	}
+	ln.every += ln.slowed
+	if first {
+		ln.ceiling = ln.burst + 1 // the server refused the call after them
+	} else {
+		ln.ceiling = max(min(ln.ceiling, prev), ln.burst+1)
+	}
+	ln.changed, ln.throttled = now, now
 	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	ln.gen++
 }
 
 // relaxStep loosens the pacing by one step when a relax period has passed
@@ -228,14 +325,22 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 	if ln.pace == nil || now.Sub(ln.changed) < ln.relax {
 		return
 	}
+	quiet := now.Sub(ln.throttled) >= quietSteps*ln.relax
 	switch {
-	case ln.every > ln.base:
+	case ln.every > ln.base && quiet:
 		ln.every = max(ln.base, ln.every-ln.every/5)
-	case ln.burst+1 < ln.ceiling || now.Sub(ln.changed) >= quietSteps*ln.relax:
+	case ln.every > ln.base:
+		return
+	case ln.burst+1 < ln.ceiling || quiet:
 		ln.burst++
 		ln.ceiling = max(ln.ceiling, ln.burst+1)
+	default:
+		// Just below a burst the server refused, and not quiet for long
+		// enough to try it again.
+		return
 	}
-	ln.changed = now
+	ln.changed, ln.fitting = now, false
+	ln.gen++
 	if ln.burst >= ln.limit && ln.every <= ln.base {
 		ln.pace = nil // back at the configured rules
 		return

@@ -341,21 +341,6 @@ func clampWait(d, limit time.Duration) time.Duration {
 // hdrDate is the canonical key of the response's Date header.
 const hdrDate = "Date"
 
-// serverNow returns the time the response was made on the server's clock,
-// from its Date header, or local when it has none. Absolute times in
-// Retry-After and the resets (an HTTP-date, Unix seconds) are read against
-// it, so that a client whose clock is off still waits as long as the server
-// means. Date has whole seconds: the wait it yields is at most a second
-// longer than the server's, never shorter.
-func serverNow(h http.Header, local time.Time) time.Time {
-	if v, ok := firstValue(h, hdrDate); ok {
-		if t, err := http.ParseTime(v); err == nil {
-			return t
-		}
-	}
-	return local
-}
-
 // quotaLeft returns how many calls a response's rate limit headers say
 // remain before the quota resets, and how long until the reset. When
 // several forms or policies say so, the fewest calls win, and among equal

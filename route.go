@@ -2,7 +2,10 @@ package limiter
 
 import (
 	"fmt"
+	"hash/maphash"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +30,21 @@ func (s *routeSpec) limiter(clock Clock) (*Limiter, error) {
 type routeTable struct {
 	mux   *http.ServeMux
 	specs []routeSpec
+
+	// cache remembers ServeMux's recent answers, so that the common case,
+	// a request like one seen before, costs a hash and a comparison rather
+	// than ServeMux's allocations. Direct mapped: a collision replaces.
+	seed  maphash.Seed
+	cache [routeCacheSize]atomic.Pointer[routeAnswer]
+}
+
+// routeCacheSize is the number of answers a routeTable remembers.
+const routeCacheSize = 256
+
+// routeAnswer is the route ServeMux chose for a method, host and path.
+type routeAnswer struct {
+	method, host, path, rawPath string
+	route                       int
 }
 
 // routeIndex is the handler of route i in a routeTable's mux.
@@ -39,11 +57,20 @@ func (rt *routeTable) match(req *http.Request) int {
 	if rt == nil || req.URL == nil {
 		return -1
 	}
+	// ServeMux decides from the method, the host and the path alone.
+	u := req.URL
+	hash := maphash.String(rt.seed, u.Path) ^ maphash.String(rt.seed, req.Host)*31 ^ maphash.String(rt.seed, req.Method)*17
+	slot := &rt.cache[hash%routeCacheSize]
+	if a := slot.Load(); a != nil && a.path == u.Path && a.host == req.Host && a.method == req.Method && a.rawPath == u.RawPath {
+		return a.route
+	}
+	route := -1
 	h, _ := rt.mux.Handler(req)
 	if i, ok := h.(routeIndex); ok && int(i) < len(rt.specs) {
-		return int(i)
+		route = int(i)
 	}
-	return -1
+	slot.Store(&routeAnswer{req.Method, req.Host, u.Path, u.RawPath, route})
+	return route
 }
 
 // Route gives the requests that match pattern, an http.ServeMux pattern
@@ -65,12 +92,12 @@ func (rt *routeTable) match(req *http.Request) int {
 func (t *Transport) Route(pattern string, limit int, window time.Duration, opts ...Option) (err error) {
 	spec := routeSpec{pattern, limit, window, append([]Option(nil), opts...)}
 	if _, err := spec.limiter(t.clockOf()); err != nil {
-		return fmt.Errorf("limiter: route %q: %w", pattern, err)
+		return &routeError{pattern, err}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.routes.Load()
-	next := &routeTable{mux: http.NewServeMux()}
+	next := &routeTable{mux: http.NewServeMux(), seed: maphash.MakeSeed()}
 	if old != nil {
 		next.mux = old.mux
 		next.specs = append(next.specs, old.specs...)
@@ -78,7 +105,7 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	defer func() {
 		// ServeMux panics on a pattern it rejects, before registering it.
 		if r := recover(); r != nil {
-			err = fmt.Errorf("limiter: route %q: %v", pattern, r)
+			err = &routeError{pattern, fmt.Errorf("%v", r)}
 		}
 	}()
 	next.mux.Handle(pattern, routeIndex(len(next.specs)))
@@ -86,3 +113,16 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	t.routes.Store(next)
 	return nil
 }
+
+// routeError is the error of a route that cannot be registered: err says
+// why, and is what errors.Is and errors.As look at.
+type routeError struct {
+	pattern string
+	err     error
+}
+
+func (e *routeError) Error() string {
+	return fmt.Sprintf("limiter: route %q: %s", e.pattern, strings.TrimPrefix(e.err.Error(), "limiter: "))
+}
+
+func (e *routeError) Unwrap() error { return e.err }

@@ -122,3 +122,42 @@ func TestRoutePerKey(t *testing.T) {
 	c.Advance(time.Minute)
 	require.NoError(t, recv(t, ch).err)
 }
+
+// tenRoutes registers ten routes in the style of a real API on tr.
+func tenRoutes(b *testing.B, tr *Transport) {
+	for i, p := range []string{
+		"POST /api/advancedqueries/run", "/api/machines/{id}/", "/api/alerts/", "/api/incidents/",
+		"GET /api/files/{sha}", "/api/users/{id}/", "/api/ips/{ip}/", "/api/domains/{d}/",
+		"POST /api/indicators/batch", "/v1/things/{id}",
+	} {
+		if err := tr.Route(p, 1_000_000+i, time.Nanosecond); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTransportTenRoutes compares with BenchmarkTransport: the same
+// request through a Transport with ten routes, one of which it matches
+// ("match") or none ("none"), each with its own never-waiting limiter.
+func BenchmarkTransportTenRoutes(b *testing.B) {
+	for _, path := range []string{"match", "none"} {
+		b.Run(path, func(b *testing.B) {
+			req, rt := benchRequest(b)
+			if path == "none" {
+				req.URL.Path = "/v2/other"
+			}
+			l, err := New(1, time.Nanosecond)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tr := NewTransport(rt, l)
+			tenRoutes(b, tr)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := tr.RoundTrip(req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

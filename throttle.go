@@ -17,13 +17,14 @@ type verdict struct {
 
 // classify reads resp: whether the server throttled the call, and how
 // long the server asks every call to wait. now is the local time at which
-// the response arrived; attempt counts the throttled attempts of this
-// request before it, for the backoff.
+// the response arrived, srv the server's time then, against which
+// absolute times in the headers are read; attempt counts the throttled
+// attempts of this request before it, for the backoff.
 //
 // Throttled, by default: 429; 503 with a Retry-After; 403 with a
 // Retry-After or a spent-quota header (GitHub's secondary and primary
 // limits). Classify, when set, is asked first.
-func (t *Transport) classify(resp *http.Response, now time.Time, attempt int) verdict {
+func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int, hk headerKinds) verdict {
 	h := resp.Header
 	var v verdict
 	if t.Classify != nil && resp.StatusCode >= 400 {
@@ -31,14 +32,16 @@ func (t *Transport) classify(resp *http.Response, now time.Time, attempt int) ve
 			v = verdict{throttled: true, wait: d, named: d > 0}
 		}
 	}
-	interesting := v.throttled || mayHaveQuota(h) || isThrottleStatus(resp.StatusCode)
-	if !interesting {
-		return v // most responses: no clock or header work
+	if !v.throttled && !hk.needServerTime(resp.StatusCode) {
+		return v // most responses: no header work
 	}
-	srv := serverNow(h, now)
-	reset, spent := quotaReset(h, srv, maxDuration)
+	var reset time.Duration
+	var spent bool
+	if hk.quota {
+		reset, spent = quotaReset(h, srv, maxDuration)
+	}
 	if !v.throttled {
-		v = defaultVerdict(resp.StatusCode, h, srv, reset, spent)
+		v = defaultVerdict(resp.StatusCode, h, srv, spent)
 	}
 	if v.throttled && !v.named {
 		if d, ok := retryAfter(h, srv, maxDuration); ok {
@@ -58,22 +61,37 @@ func (t *Transport) classify(resp *http.Response, now time.Time, attempt int) ve
 
 // defaultVerdict classifies a response by the default rules; the wait is
 // filled in by classify.
-func defaultVerdict(status int, h http.Header, srv time.Time, reset time.Duration, spent bool) verdict {
-	_, hasRetryAfter := retryAfter(h, srv, maxDuration)
+func defaultVerdict(status int, h http.Header, srv time.Time, spent bool) verdict {
 	switch status {
 	case http.StatusTooManyRequests:
 		return verdict{throttled: true}
 	case http.StatusServiceUnavailable:
 		// A 503 is throttling only when the server says when to come back.
-		return verdict{throttled: hasRetryAfter}
+		_, ok := retryAfter(h, srv, maxDuration)
+		return verdict{throttled: ok}
 	case http.StatusForbidden:
-		return verdict{throttled: hasRetryAfter || spent}
+		_, ok := retryAfter(h, srv, maxDuration)
+		return verdict{throttled: ok || spent}
 	}
 	return verdict{}
 }
 
-func isThrottleStatus(status int) bool {
-	return status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable || status == http.StatusForbidden
+// headerKinds says which rate limit headers a response has, from a few
+// lookups made once, so that the rest of the work is skipped when there
+// are none.
+type headerKinds struct {
+	quota  bool // RateLimit, RateLimit-Remaining or X-RateLimit-Remaining
+	policy bool // RateLimit-Policy
+}
+
+func kindsOf(h http.Header) headerKinds {
+	return headerKinds{quota: mayHaveQuota(h), policy: len(h[hdrRateLimitPolicy]) > 0}
+}
+
+// needServerTime reports whether classify may read absolute times from a
+// response of status with these headers.
+func (hk headerKinds) needServerTime(status int) bool {
+	return hk.quota || status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable || status == http.StatusForbidden
 }
 
 // askClassify calls Classify with a copy of resp whose body holds the

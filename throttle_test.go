@@ -39,7 +39,8 @@ func TestClassifyDefaults(t *testing.T) {
 		{"404", 404, []string{"Retry-After", "5"}, false, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := tr.classify(respond(tc.status, tc.kv...), t0, 0)
+			resp := respond(tc.status, tc.kv...)
+			v := tr.classify(resp, t0, 0, kindsOf(resp.Header))
 			assert.Equal(t, tc.throttled, v.throttled)
 			if tc.wait < 0 {
 				assert.False(t, v.named)
