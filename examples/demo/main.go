@@ -38,8 +38,8 @@
 //
 //	go run ./examples/demo                 # sliding window, 300 calls at 100 per 10 s: about 20 s
 //	go run ./examples/demo -server bucket  # nginx's leaky bucket, 150 calls at 10/s: about 15 s
-//	go run ./examples/demo -server github  # GitHub's fixed window, 250 calls at 100 per 10 s: about 22 s
-//	go run ./examples/demo -server layered # Defender's layered quotas, 300 calls: about 30 s
+//	go run ./examples/demo -server github  # GitHub's fixed window, 250 calls at 100 per 10 s: about 23 s
+//	go run ./examples/demo -server layered # Defender's layered quotas, 220 calls (charged 292): about 20 s
 //	go run ./examples/demo -window 60s     # the real quota, 100 calls per minute (about 2 min)
 //	go run ./examples/demo -json           # one JSON object per client, for scripts
 //	go run ./examples/demo -count-refused=false  # a server whose 429s do not count against the quota

@@ -61,7 +61,7 @@ var servers = map[string]struct {
 	},
 	"layered": {
 		about: "Microsoft Defender's layered quotas, a minute scaled to -window: 100 per minute and 1,500 per hour per key, advanced hunting 45 per minute, $batch charged per inner request",
-		limit: 100, window: 10 * time.Second, calls: 300,
+		limit: 100, window: 10 * time.Second, calls: 220,
 		describe: func(o options) string {
 			return fmt.Sprintf("layered quotas (Defender's, a minute scaled to %v): 100 per %v and 1500 per %v per key, advanced hunting 45 per %v, $batch charged per inner request",
 				o.window, o.window, 60*o.window, o.window)
