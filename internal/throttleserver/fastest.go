@@ -9,7 +9,9 @@ import (
 // Fastest returns how long after the first of reqs the last one can be
 // accepted, at the earliest, by a server with cfg: the requests go in
 // order, one key, each the moment the server would accept it (no latency,
-// no refusal). No client can make these calls faster; a demo measures
+// no refusal). No client can make these calls faster (in ModeGitHub, whose
+// windows end on whole seconds, Fastest starts on a whole second; a client
+// that starts later in a second can gain up to a second); a demo measures
 // clients against it. cfg.Now is not used. Fastest reads the requests'
 // bodies when cfg.Cost does, and panics when one of them costs more than a
 // rule can ever accept.

@@ -166,7 +166,7 @@ func serverRows() []row {
 	return []row{
 		nginx(4), nginx(16), httprate(4), httprate(16),
 		github("GitHub-style primary limit (10 per 2 s fixed window, `X-RateLimit-*`, 403 when spent)",
-			"New(10, 2*time.Second); 40 calls, 4 workers; fastest 6 to 9 s (3 resets, each 2 s after a window opens, rounded up to a whole second)",
+			"New(10, 2*time.Second); 40 calls, 4 workers; fastest 8 to 9 s: 3 resets, each 2 s after a window opens rounded up to a whole second, so a window that opens just after a reset lasts 3 s",
 			throttleserver.Config{Limit: 10, Window: 2 * time.Second}, 10, 2*time.Second, 40, 4, 0),
 		github("GitHub's secondary limit (5 per second, 403 + `Retry-After`)",
 			"New(100, time.Minute); 20 calls, 4 workers",
