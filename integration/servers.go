@@ -13,6 +13,7 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -206,4 +207,32 @@ func HTTPRate(limit int, window time.Duration) http.Handler {
 		_, _ = w.Write([]byte(`{"items":[1,2,3]}` + "\n"))
 	})
 	return httprate.LimitBy(limit, window, byKey)(ok)
+}
+
+// HTTPRateFastest returns how long the fastest client takes to make calls
+// calls through HTTPRate(limit, window) when it starts at start: httprate
+// keeps a counter per fixed window (aligned to the clock) and admits a call
+// while round(previous window's count * the part of it still in the
+// sliding window + this window's count) + 1 <= limit, so it cannot sustain
+// limit per window, and how far the first window reaches depends on where
+// in the clock's window the client starts. The answer is found by sending
+// each call at the first half millisecond httprate would admit it.
+func HTTPRateFastest(start time.Time, calls, limit int, window time.Duration) time.Duration {
+	const step = 500 * time.Microsecond
+	counts := map[time.Time]int{}
+	now := start
+	for sent := 0; ; {
+		cur := now.Truncate(window)
+		prev := cur.Add(-window)
+		elapsed := float64(now.Sub(cur)) / float64(window)
+		rate := float64(counts[prev])*(1-elapsed) + float64(counts[cur])
+		if int(math.Round(rate))+1 > limit {
+			now = now.Add(step)
+			continue
+		}
+		counts[cur]++
+		if sent++; sent == calls {
+			return now.Sub(start)
+		}
+	}
 }

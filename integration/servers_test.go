@@ -94,27 +94,23 @@ func TestHTTPRate(t *testing.T) {
 	srv := httptest.NewServer(HTTPRate(10, time.Second))
 	t.Cleanup(srv.Close)
 	const calls = 40
-	// 10 per second: the 30 calls after the first 10 need 3 s at best.
-	fastest := time.Duration(calls-10) * 100 * time.Millisecond
 	for _, workers := range []int{4, 16} {
 		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			// httprate's fastest depends on where in the clock's second
+			// the job starts: from 3.0 to 4.0 s.
+			fastest := HTTPRateFastest(time.Now(), calls, 10, time.Second)
 			res := naive(t, Job{URL: srv.URL + "/api/items", Key: t.Name(), Calls: calls, Workers: workers})
 			checkLearned(t, res, fastest)
 		})
 	}
 }
 
-func TestStartNginxReportsItsErrors(t *testing.T) {
-	// A configuration nginx rejects: StartNginx returns nginx's own words
-	// at once, not a timeout, and leaves nothing behind.
-	ng, err := StartNginx(NginxLimit{Rate: 0, Burst: 5})
-	if errors.Is(err, ErrNoNginx) && os.Getenv("CI") != "true" {
-		t.Skip(err)
-	}
-	if err == nil {
-		ng.Stop()
-	}
-	require.Error(t, err)
-	assert.ErrorContains(t, err, "nginx exited")
-	assert.ErrorContains(t, err, "invalid rate")
+func TestHTTPRateFastest(t *testing.T) {
+	// The phase decides: from the start of a clock second, the first 10
+	// calls fill that second and the previous count weighs on the next.
+	second := time.Unix(1_800_000_000, 0)
+	ms := float64(time.Millisecond)
+	assert.InDelta(t, 3950*ms, float64(HTTPRateFastest(second, 40, 10, time.Second)), ms)
+	assert.InDelta(t, 3450*ms, float64(HTTPRateFastest(second.Add(500*time.Millisecond), 40, 10, time.Second)), ms)
+	assert.Equal(t, time.Duration(0), HTTPRateFastest(second, 10, 10, time.Second))
 }

@@ -146,7 +146,8 @@ func serverRows() []row {
 			run: func(ctx context.Context) (result, error) {
 				srv := httptest.NewServer(integration.HTTPRate(10, time.Second))
 				defer srv.Close()
-				return naiveJob(ctx, srv.URL+"/api/items", key(), 40, workers, 10, time.Second, 3*time.Second)
+				fastest := integration.HTTPRateFastest(time.Now(), 40, 10, time.Second)
+				return naiveJob(ctx, srv.URL+"/api/items", key(), 40, workers, 10, time.Second, fastest)
 			},
 		}
 	}
