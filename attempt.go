@@ -10,10 +10,10 @@ import (
 	"time"
 )
 
-// call is one RoundTrip: the request, the connection key's state, and the
+// trip is one RoundTrip: the request, the connection key's state, and the
 // attempt in progress. Its steps (acquire, send, classify, mayRetry,
 // backoff) are what RoundTrip loops over.
-type call struct {
+type trip struct {
 	t     *Transport
 	req   *http.Request
 	ctx   context.Context
@@ -34,17 +34,17 @@ type call struct {
 	permits  permitSet
 	pauser   Pauser
 	stats    statser
-	admitted time.Time // when its permits were granted
+	admitted time.Time // when it passed the gate, on its way to its permits
 	probe    bool      // it goes alone, after a reset, to learn the server's state
 }
 
-// newCall checks the Transport and sets up the call for req.
-func (t *Transport) newCall(req *http.Request) (*call, error) {
+// newTrip checks the Transport and sets up the call for req.
+func (t *Transport) newTrip(req *http.Request) (*trip, error) {
 	if t.group == nil && t.acquirer == nil {
 		return nil, errNoLimiter
 	}
-	c := callPool.Get().(*call)
-	*c = call{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
+	c := tripPool.Get().(*trip)
+	*c = trip{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
 	if t.Cost != nil {
 		c.cost = max(1, t.Cost(req))
 	}
@@ -64,7 +64,7 @@ func (t *Transport) newCall(req *http.Request) (*call, error) {
 }
 
 // end releases what the call holds once RoundTrip returns.
-func (c *call) end() {
+func (c *trip) end() {
 	switch {
 	case !c.sent && c.req.Body != nil:
 		c.req.Body.Close()
@@ -74,13 +74,13 @@ func (c *call) end() {
 	if c.put {
 		c.conn.put()
 	}
-	*c = call{} // holds nothing of the request in the pool
-	callPool.Put(c)
+	*c = trip{} // holds nothing of the request in the pool
+	tripPool.Put(c)
 }
 
-// callPool recycles calls: one per RoundTrip would be most of its
+// tripPool recycles trips: one per RoundTrip would be most of its
 // allocations.
-var callPool = sync.Pool{New: func() any { return new(call) }}
+var tripPool = sync.Pool{New: func() any { return new(trip) }}
 
 // acquire waits until the attempt may go: for the budget the server
 // named, then for the permits of the request's route, of what the
@@ -88,7 +88,7 @@ var callPool = sync.Pool{New: func() any { return new(call) }}
 // slot of the connection is held while the request waits for its route.
 // When what was learned changed while it waited, it starts over, so that
 // no call queued before a lesson slips past it.
-func (c *call) acquire() error {
+func (c *trip) acquire() error {
 	var start time.Time
 	if c.t.OnWait != nil {
 		start = c.clock.Now()
@@ -115,24 +115,23 @@ func (c *call) acquire() error {
 
 // gate waits until the budget the server named lets a call start, and
 // returns the learned limiters to pass and their generation.
-func (c *call) gate() (learned []*Limiter, gen int, err error) {
+func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 	if c.t.DisableLearning {
 		return nil, 0, nil
 	}
 	for {
+		// This reading is also the attempt's admission time: a lesson
+		// learned while the attempt waits for its permits makes it start
+		// over (see admit), so nothing learned lies between the two.
+		now := c.clock.Now()
+		c.admitted = now
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
-		if ln.quiet() {
-			// Nothing learned that holds calls back: no clock reading.
-			gen = ln.gen
-			c.conn.mu.Unlock()
-			return nil, gen, nil
-		}
-		c.conn.mu.Unlock()
-		now := c.clock.Now()
-		c.conn.mu.Lock()
 		ln.relaxStep(now, c.clock)
 		until, probe, open := ln.gate(now)
+		if !open && probe == nil {
+			ln.budgetSpent(now, c.clock)
+		}
 		if open {
 			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
 				if l != nil {
@@ -154,13 +153,19 @@ func (c *call) gate() (learned []*Limiter, gen int, err error) {
 // admit counts the attempt, whose permits are held, against the budget,
 // unless what was learned changed since gate or the budget closed; then
 // it cancels the permits and reports false, to start over.
-func (c *call) admit(gen int) bool {
+func (c *trip) admit(gen int) bool {
 	if c.t.DisableLearning {
 		return true
 	}
 	c.conn.mu.Lock()
 	ln := &c.conn.learn
-	_, _, open := ln.gate(c.admitted)
+	now := c.admitted
+	if !ln.resetAt.IsZero() || ln.probing {
+		// A budget: the permits may have taken long enough for its reset
+		// to pass, or it may have come while they did.
+		now = c.clock.Now()
+	}
+	_, _, open := ln.gate(now)
 	ok := open && ln.gen == gen
 	if ok {
 		c.probe = ln.admit(c.cost)
@@ -174,7 +179,7 @@ func (c *call) admit(gen int) bool {
 }
 
 // unadmit gives back what admit took, for an attempt that is not sent.
-func (c *call) unadmit() {
+func (c *trip) unadmit() {
 	if c.t.DisableLearning {
 		return
 	}
@@ -187,7 +192,7 @@ func (c *call) unadmit() {
 
 // acquirePermits takes the attempt's permits, cancelling those it took
 // when one fails.
-func (c *call) acquirePermits(learned []*Limiter) error {
+func (c *trip) acquirePermits(learned []*Limiter) error {
 	c.permits = permitSet{}
 	if c.route >= 0 {
 		l, err := c.conn.route(c.t, c.rt, c.route)
@@ -209,13 +214,12 @@ func (c *call) acquirePermits(learned []*Limiter) error {
 		return err
 	}
 	c.permits.add(p)
-	c.admitted = c.clock.Now()
 	return nil
 }
 
 // acquireConn takes the connection's permit: from the key's limiter of the
 // group, or from the Acquirer.
-func (c *call) acquireConn() (Permit, error) {
+func (c *trip) acquireConn() (Permit, error) {
 	var p Permit
 	var err error
 	if c.t.group != nil {
@@ -248,7 +252,7 @@ func (c *call) acquireConn() (Permit, error) {
 }
 
 // acquireFailed returns what RoundTrip returns when acquire fails.
-func (c *call) acquireFailed(err error) (*http.Response, error) {
+func (c *trip) acquireFailed(err error) (*http.Response, error) {
 	if c.held != nil && c.ctx.Err() == nil {
 		// The retry cannot be sent (no slot before the deadline, queue
 		// full): the throttled response, as it is.
@@ -262,7 +266,7 @@ func (c *call) acquireFailed(err error) (*http.Response, error) {
 
 // send sends the attempt through Base. On an error it ends the permits:
 // Cancel when the request never reached the server, Done otherwise.
-func (c *call) send() (*http.Response, error) {
+func (c *trip) send() (*http.Response, error) {
 	r, err := c.attemptRequest()
 	if err != nil {
 		c.permits.cancel()
@@ -287,7 +291,7 @@ func (c *call) send() (*http.Response, error) {
 // attemptRequest returns the request this attempt sends: req, with its
 // body lent (the first attempt) or replayed through GetBody (a retry).
 // The caller's request is never modified.
-func (c *call) attemptRequest() (*http.Request, error) {
+func (c *trip) attemptRequest() (*http.Request, error) {
 	req := c.req
 	if c.throttles == 0 {
 		if c.body == nil {
@@ -317,7 +321,7 @@ func (c *call) attemptRequest() (*http.Request, error) {
 }
 
 // failed ends an attempt that Base failed.
-func (c *call) failed(err error) {
+func (c *trip) failed(err error) {
 	if !c.t.DisableLearning {
 		c.conn.mu.Lock()
 		c.conn.inflight--
@@ -348,7 +352,7 @@ func neverSent(err error) bool {
 // classify reads the response: whether it is throttled, and what it says
 // about the server's quota, which pauses the limiter and teaches the
 // learner. Then the attempt's permits are done.
-func (c *call) classify(resp *http.Response) verdict {
+func (c *trip) classify(resp *http.Response) verdict {
 	now := c.clock.Now()
 	srv := now
 	hk := kindsOf(resp.Header)
@@ -356,6 +360,7 @@ func (c *call) classify(resp *http.Response) verdict {
 		c.conn.mu.Lock()
 		srv = c.conn.learn.serverTime(resp.Header, now)
 		c.conn.mu.Unlock()
+		hk.readQuota(resp.Header, srv)
 	}
 	v := c.t.classify(resp, srv, c.throttles, hk)
 	if v.pause > 0 && c.pauser != nil {
@@ -369,14 +374,14 @@ func (c *call) classify(resp *http.Response) verdict {
 }
 
 // learn updates what the Transport knows of the server from resp.
-func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict, hk headerKinds) {
-	var cfg Stats
-	hasCfg := c.stats != nil
-	if hasCfg && !c.t.DisableLearning && (v.throttled || hk.policy) {
-		cfg = c.stats.Stats()
-	}
+func (c *trip) learn(resp *http.Response, now, srv time.Time, v verdict, hk headerKinds) {
 	if c.t.DisableLearning {
 		return
+	}
+	var cfg Stats // the connection's first rule, to fit a pacing or weigh a policy
+	hasCfg := c.stats != nil
+	if hasCfg && (v.throttled || hk.policy) {
+		cfg = c.stats.Stats()
 	}
 	c.conn.mu.Lock()
 	defer c.conn.mu.Unlock()
@@ -388,7 +393,7 @@ func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict, hk head
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
-		ln.observe(resp.Header, now, srv, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
+		ln.observe(resp.Header, hk, now, v.throttled, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
 	}
 	if c.probe {
 		ln.endProbe()
@@ -398,7 +403,7 @@ func (c *call) learn(resp *http.Response, now, srv time.Time, v verdict, hk head
 
 // mayRetry reports whether a throttled request is to be sent again, after
 // telling OnThrottle.
-func (c *call) mayRetry(resp *http.Response, v verdict) bool {
+func (c *trip) mayRetry(resp *http.Response, v verdict) bool {
 	limit := c.t.maxRetryAfter()
 	if c.t.OnThrottle != nil {
 		c.t.OnThrottle(c.req, resp, min(v.pause, limit))
@@ -409,7 +414,7 @@ func (c *call) mayRetry(resp *http.Response, v verdict) bool {
 // backoff discards the throttled response and waits before the retry:
 // with a Pauser the next acquire waits for the pause, otherwise this
 // sleeps for it.
-func (c *call) backoff(resp *http.Response, v verdict) error {
+func (c *trip) backoff(resp *http.Response, v verdict) error {
 	complete := bufferBody(resp)
 	c.throttles++
 	c.held = nil

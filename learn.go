@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -26,20 +27,26 @@ import (
 //     the rules are too loose for this server. The Transport then adds a
 //     bucket rule, WithBucket(burst, every), with every the configured
 //     pace (window/limit) and burst fitted to the calls the server
-//     accepted: the level a leaky bucket draining one call each every
-//     would have held when the server refused. Another throttle lowers the
-//     burst (to the fitted level, else by half) and, at burst 1, slows
-//     every by a quarter. Without throttles the pacing relaxes one step
-//     per configured window, never past a burst that was throttled
-//     before until ten windows pass quietly, and is dropped once it is
-//     back at the configured rules.
+//     accepted: the level that a leaky bucket draining one call each
+//     every would have held when the server refused, counting the calls
+//     sent before the refused one whose answers come after it. Refused
+//     with that bucket all but empty, the server's own pace is slower:
+//     every grows by a quarter. Another throttle lowers the burst (to the
+//     fitted level, else by half, and at 1 slows every); so does a budget
+//     that the paced calls spend before its reset. Without throttles the
+//     pacing relaxes one step per configured window up to just below the
+//     smallest burst the server refused; each step past it, and each step
+//     back towards the configured pace, waits for ten quiet windows (twice
+//     as many after each step that earned a refusal). Back at the
+//     configured rules, the pacing is dropped.
 //
 // Pacing needs the configured pace, which it reads from the connection's
 // limiter (Stats); an Acquirer without Stats learns the budget and the
 // policy only.
 
-// histSize is how many accepted calls a learner remembers to fit a bucket.
-const histSize = 64
+// histSize is how many accepted calls a learner remembers to fit a bucket:
+// the largest burst it can fit.
+const histSize = 32
 
 // quietSteps is how many relax periods without a throttle it takes to
 // relax past a burst that the server refused before.
@@ -61,19 +68,25 @@ type learner struct {
 	policyFull int      // its Remaining when new
 
 	// The pacing.
-	pace      *Limiter // nil: none learned
-	burst     int
-	every     time.Duration
-	base      time.Duration // the configured pace, window/limit
-	relax     time.Duration // the configured window: one relax step each
-	limit     int           // the configured limit
-	ceiling   int           // the smallest burst the server refused
-	changed   time.Time     // of the last tighten or relax step
-	throttled time.Time     // of the last tighten
-	refused   time.Time     // when the call whose refusal fitted burst was admitted
-	fitting   bool          // burst was fitted to the calls the server accepted
-	fitted    int           // the level burst was fitted to, with the calls accepted late
-	slowed    time.Duration // what the last tighten added to every
+	pace        *Limiter // nil: none learned
+	burst       int
+	every       time.Duration
+	base        time.Duration // the configured pace, window/limit
+	relax       time.Duration // the configured window: one relax step each
+	limit       int           // the configured limit
+	ceiling     int           // the smallest burst the server refused
+	changed     time.Time     // of the last tighten or relax step
+	throttled   time.Time     // of the last tighten: calls admitted before it teach nothing new
+	refused     time.Time     // when the call whose refusal fitted burst was admitted
+	fitting     bool          // burst was fitted to the calls the server accepted
+	fitted      int           // the level burst was fitted to, with the calls accepted late
+	slowed      time.Duration // what the last tighten added to every
+	spentFor    time.Time     // the reset of the budget that last slowed the pace
+	fitCap      int           // the burst a fit may grow to
+	probed      time.Time     // when relaxing last went past the ceiling, until a throttle
+	tried       time.Time     // when relaxing last went past the ceiling, kept
+	quietMul    int           // quietSteps is multiplied by this, doubled by each failed try
+	refusedLast bool          // the latest count came with a refusal
 
 	// The server's clock: the largest Date - local seen, a lower bound of
 	// the server's time minus ours, since Date is truncated to the second
@@ -82,9 +95,10 @@ type learner struct {
 	skewOK   bool
 	lastDate string
 
-	hist     [histSize]time.Time // Done instants of accepted calls, a ring
-	histN    int
-	histNext int
+	hist      [histSize]time.Duration // Done instants of accepted calls since histEpoch, a ring
+	histEpoch time.Time
+	histN     int
+	histNext  int
 }
 
 // gate returns, when the budget lets no call start now, what to wait for:
@@ -105,10 +119,33 @@ func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, 
 	return time.Time{}, nil, true
 }
 
-// quiet reports whether the learner holds nothing that can hold a call
-// back, so that gate needs no clock reading.
-func (ln *learner) quiet() bool {
-	return ln.resetAt.IsZero() && ln.probe == nil && !ln.probing && ln.pace == nil && ln.policy == nil
+// budgetSpent is told that the budget stopped a call before its reset.
+// While pacing, that means the pace spends the server's quota faster than
+// the server gives it back (a sliding counter whose previous window still
+// weighs): the pace slows by a quarter, once per reset, as after a throttle,
+// but without the refusal.
+func (ln *learner) budgetSpent(now time.Time, clock Clock) {
+	if ln.pace == nil || ln.refusedLast || ln.spentFor.Equal(ln.resetAt) {
+		return // a refusal set the budget, and slowed the pace already
+	}
+	ln.spentFor = ln.resetAt
+	ln.every += ln.every / 4
+	ln.changed, ln.throttled = now, now
+	ln.repace(clock)
+}
+
+// repace replaces the pacing limiter after a change of burst or every;
+// the new one starts where the old one was, not empty.
+func (ln *learner) repace(clock Clock) {
+	ln.gen++
+	old := ln.pace
+	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	if old == nil || ln.pace == nil {
+		return
+	}
+	for range max(0, old.Stats().Limit-old.Remaining()) {
+		ln.pace.Allow()
+	}
 }
 
 // admit counts a call of weight n that the gate let through against the
@@ -144,14 +181,14 @@ func (ln *learner) endProbe() {
 	}
 }
 
-// observe reads the budget and the policy from a response. now is the
-// local time it arrived, srv the server's (from Date), others the calls
-// of this key in flight besides this one; a reset further than limit
-// counts as limit.
-func (ln *learner) observe(h http.Header, now, srv time.Time, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
-	if left, reset, ok := quotaLeft(h, srv); ok {
-		ln.left = left - int64(others)
-		ln.resetAt = now.Add(min(reset, limit))
+// observe reads the budget and the policy from a response: hk holds the
+// count it read. now is the local time it arrived, others the calls
+// of this key in flight besides this one, refused whether the server
+// refused the call; a reset further than limit counts as limit.
+func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused bool, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
+	if hk.counted {
+		ln.left, ln.refusedLast = hk.left-int64(others), refused
+		ln.resetAt = now.Add(min(hk.reset, limit))
 		ln.probing = false
 	}
 	if vs := h[hdrRateLimitPolicy]; len(vs) > 0 && vs[0] != ln.policyHdr {
@@ -163,7 +200,7 @@ func (ln *learner) observe(h http.Header, now, srv time.Time, others int, limit 
 			// The calls made in the policy's window count in it.
 			w := ln.policy.Stats().Window
 			for i := range ln.histN {
-				if t := ln.hist[(ln.histNext-1-i+histSize)%histSize]; now.Sub(t) >= w || !ln.policy.Allow() {
+				if t := ln.histAt((ln.histNext - 1 - i + histSize) % histSize); now.Sub(t) >= w || !ln.policy.Allow() {
 					break
 				}
 			}
@@ -243,7 +280,7 @@ func (ln *learner) serverTime(h http.Header, now time.Time) time.Time {
 func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 	if ln.fitting && ln.pace != nil && !admitted.After(ln.refused) && ln.burst < ln.limit {
 		ln.fitted += n
-		ln.burst = min(max(ln.fitted, 1), ln.limit)
+		ln.burst = min(max(ln.fitted, 1), ln.fitCap)
 		ln.ceiling = max(ln.ceiling, ln.burst+1)
 		if ln.burst > 1 {
 			// The bucket was not empty after all: the pace stands.
@@ -253,12 +290,18 @@ func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 		ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
 		ln.gen++
 	}
+	if ln.histN == 0 {
+		ln.histEpoch = now
+	}
 	for range min(n, histSize) {
-		ln.hist[ln.histNext] = now
+		ln.hist[ln.histNext] = now.Sub(ln.histEpoch)
 		ln.histNext = (ln.histNext + 1) % histSize
 		ln.histN = min(ln.histN+1, histSize)
 	}
 }
+
+// histAt returns the i-th slot of the ring as an instant.
+func (ln *learner) histAt(i int) time.Time { return ln.histEpoch.Add(ln.hist[i]) }
 
 // level returns the number of calls a leaky bucket that drains one call
 // each every would hold at now, after the accepted calls remembered.
@@ -266,7 +309,7 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 	lvl := 0.0
 	var prev time.Time
 	for i := range ln.histN {
-		t := ln.hist[(ln.histNext-ln.histN+i+histSize)%histSize]
+		t := ln.histAt((ln.histNext - ln.histN + i + histSize) % histSize)
 		if i > 0 {
 			lvl = max(0, lvl-float64(t.Sub(prev))/float64(every))
 		}
@@ -285,11 +328,18 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 // before the last change was admitted by the old pacing, and teaches
 // nothing new.
 func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
-	if cfg.Limit <= 0 || cfg.Window <= 0 || admitted.Before(ln.changed) {
+	if cfg.Limit <= 0 || cfg.Window <= 0 || admitted.Before(ln.throttled) {
 		return
 	}
 	prev, first := ln.burst, ln.pace == nil
+	if !ln.probed.IsZero() && now.Sub(ln.probed) < 2*ln.relax {
+		// Relaxing past the refused burst earned a refusal: wait twice as
+		// long before the next try.
+		ln.quietMul = min(2*ln.quietMul, 64)
+	}
+	ln.probed = time.Time{}
 	if first {
+		ln.quietMul = 1
 		ln.base = max(cfg.Window/time.Duration(cfg.Limit), 1)
 		ln.every, ln.relax, ln.limit = ln.base, cfg.Window, cfg.Limit
 	}
@@ -298,6 +348,10 @@ func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
 	case f < ln.burst || first:
 		ln.burst = min(max(f, 1), ln.limit)
 		ln.fitting, ln.fitted = true, f
+		ln.fitCap = ln.limit
+		if !first {
+			ln.fitCap = max(prev-1, 1) // prev was refused
+		}
 		if f <= 1 {
 			// Refused with the bucket all but empty: the server's pace
 			// is slower than this one.
@@ -325,13 +379,20 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 	if ln.pace == nil || now.Sub(ln.changed) < ln.relax {
 		return
 	}
-	quiet := now.Sub(ln.throttled) >= quietSteps*ln.relax
+	since := ln.throttled
+	if ln.tried.After(since) {
+		since = ln.tried
+	}
+	quiet := now.Sub(since) >= time.Duration(quietSteps*ln.quietMul)*ln.relax
 	switch {
 	case ln.every > ln.base && quiet:
 		ln.every = max(ln.base, ln.every-ln.every/5)
 	case ln.every > ln.base:
 		return
 	case ln.burst+1 < ln.ceiling || quiet:
+		if ln.burst+1 >= ln.ceiling {
+			ln.probed, ln.tried = now, now // past a burst the server refused before
+		}
 		ln.burst++
 		ln.ceiling = max(ln.ceiling, ln.burst+1)
 	default:
@@ -340,17 +401,12 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 		return
 	}
 	ln.changed, ln.fitting = now, false
-	ln.gen++
 	if ln.burst >= ln.limit && ln.every <= ln.base {
 		ln.pace = nil // back at the configured rules
+		ln.gen++
 		return
 	}
-	old := ln.pace
-	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
-	// The new pacing starts where the old one was, not empty.
-	for range max(0, old.Stats().Limit-old.Remaining()) {
-		ln.pace.Allow()
-	}
+	ln.repace(clock)
 }
 
 // paceLimiter returns the limiter of a learned pacing: burst calls at
@@ -396,5 +452,10 @@ func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-ch
 			return ctx.Err()
 		}
 	}
-	return sleepOn(ctx, clock, until.Sub(now))
+	d := until.Sub(now)
+	if pastDeadline(ctx, d) {
+		err := fmt.Errorf("limiter: the server's quota resets in %v, after the context deadline: %w", d, ErrWouldExceedDeadline)
+		return &deadlineWaitError{err}
+	}
+	return sleepOn(ctx, clock, d)
 }

@@ -208,8 +208,10 @@ func TestTightenFitsABucket(t *testing.T) {
 	// ... then one step, and back at the rules the pacing is dropped.
 	ln.relaxStep(t0.Add(11*time.Second), c)
 	assert.Equal(t, 7, ln.burst)
-	for i := range 5 {
-		ln.relaxStep(t0.Add(time.Duration(12+i)*time.Second), c)
+	ln.relaxStep(t0.Add(12*time.Second), c)
+	assert.Equal(t, 7, ln.burst, "each step past it takes ten quiet windows")
+	for i := range 3 {
+		ln.relaxStep(t0.Add(time.Duration(21+10*i)*time.Second), c)
 	}
 	assert.Nil(t, ln.pace, "never looser than the configured rules")
 }
@@ -249,6 +251,7 @@ func TestTightenWhilePacing(t *testing.T) {
 	}
 	ln.tighten(at, at, cfg10, c)
 	assert.Equal(t, 4, ln.burst, "halved")
+	assert.Equal(t, 1, ln.quietMul)
 	assert.Equal(t, 8, ln.ceiling, "the refused burst is remembered")
 	ln.burst = 1
 	ln.fitting = false
@@ -289,4 +292,66 @@ func TestGroupTransportDropsIdleKeys(t *testing.T) {
 		send("busy")
 	}
 	assert.LessOrEqual(t, tr.conns.len(), 2, "the idle keys are gone")
+}
+
+// A relax step past the refused burst that earns a refusal doubles the
+// quiet time before the next try.
+func TestRelaxTryBacksOff(t *testing.T) {
+	c := NewManualClock(t0)
+	ln := fitLearner(0, 0, 0, 0, 0, 0)
+	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	require.Equal(t, 6, ln.burst)
+	at := t0.Add(11 * time.Second)
+	ln.relaxStep(at, c)
+	require.Equal(t, 7, ln.burst, "the try")
+	at = at.Add(500 * time.Millisecond)
+	for range 7 {
+		ln.accepted(at, at, 1, c)
+	}
+	ln.tighten(at, at, cfg10, c)
+	assert.Equal(t, 2, ln.quietMul)
+	assert.Less(t, ln.burst, 7)
+	ln.fitting = false
+	for i := 1; i <= 19; i++ {
+		ln.relaxStep(at.Add(time.Duration(i)*time.Second), c)
+	}
+	assert.Equal(t, 6, ln.burst, "back up to below the refused burst, and no further for twenty windows")
+	ln.relaxStep(at.Add(20*time.Second), c)
+	assert.Equal(t, 7, ln.burst)
+}
+
+// While pacing, a budget that the calls spend before the reset slows the
+// pace, once per reset; a budget that a refusal set does not.
+func TestBudgetSpentSlowsThePace(t *testing.T) {
+	c := NewManualClock(t0)
+	ln := fitLearner(0, 0)
+	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	require.Equal(t, 100*time.Millisecond, ln.every)
+	h := mkHeader("X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "1")
+	hk := kindsOf(h)
+	hk.readQuota(h, t0)
+	ln.observe(h, hk, t0, true, 0, time.Minute, cfg10, true, c)
+	ln.budgetSpent(t0, c)
+	assert.Equal(t, 100*time.Millisecond, ln.every, "a refusal's count")
+	ln.observe(h, hk, t0, false, 0, time.Minute, cfg10, true, c)
+	ln.budgetSpent(t0, c)
+	assert.Equal(t, 125*time.Millisecond, ln.every)
+	ln.budgetSpent(t0, c)
+	assert.Equal(t, 125*time.Millisecond, ln.every, "once per reset")
+}
+
+// A budget that resets after the context's deadline fails at once, with
+// an error that says timeout.
+func TestLearnBudgetPastDeadline(t *testing.T) {
+	tr, f, _, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(200, "X-RateLimit-Remaining", "1", "X-RateLimit-Reset", "60"), answer(200)))
+	for range 2 {
+		_, err := syncRoundTrip(t, tr, newGet(t, context.Background(), "https://api.example.com/"))
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := syncRoundTrip(t, tr, newGet(t, ctx, "https://api.example.com/"))
+	assert.ErrorIs(t, err, ErrWouldExceedDeadline)
+	assert.True(t, isTimeout(err))
+	assert.Len(t, f.callsSeen(), 2)
 }

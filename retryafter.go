@@ -288,7 +288,7 @@ func parseDecimal(v string, unit time.Duration) (time.Duration, bool) {
 // and one or more digits, surrounded by optional blanks, and returns the
 // number rounded up to an integer, saturating at math.MaxInt64.
 func parseCount(v string) (int64, bool) {
-	v = strings.Trim(v, " \t")
+	v = trimBlanks(v)
 	intPart, frac, hasDot := strings.Cut(v, ".")
 	if intPart == "" || hasDot && frac == "" {
 		return 0, false
@@ -352,36 +352,31 @@ func quotaLeft(h http.Header, now time.Time) (left int64, reset time.Duration, o
 			left, reset, ok = n, max(d, 0), true
 		}
 	}
+	var dict [2]string // the dictionary form: remaining=, reset=
 	for m := range members(h[hdrRateLimit]) {
-		if m.name == "" {
-			continue // the dictionary form is read below
-		}
-		r, rok := m.param("r")
-		tv, tok := m.param("t")
-		if !rok || !tok {
-			continue
-		}
-		n, nok := parseCount(r)
-		d, dok := parseDecimal(tv, time.Second)
-		if nok && dok {
-			take(n, d)
-		}
-	}
-	dict := [2]string{}
-	for m := range members(h[hdrRateLimit]) {
-		switch m.key {
-		case "remaining":
+		switch {
+		case m.key == "remaining":
 			dict[0] = m.value
-		case "reset":
+		case m.key == "reset":
 			dict[1] = m.value
+		case m.name != "":
+			r, rok := m.param("r")
+			tv, tok := m.param("t")
+			n, nok := parseCount(r)
+			d, dok := parseDecimal(tv, time.Second)
+			if rok && tok && nok && dok {
+				take(n, d)
+			}
 		}
 	}
-	pairs := [...][2]string{
-		dict,
-		{firstOr(h, hdrRateLimitRemain), firstOr(h, hdrRateLimitReset)},
-		{firstOr(h, hdrXRateLimitRemain), firstOr(h, hdrXRateLimitReset)},
-	}
-	for _, p := range pairs {
+	pairs := [...][2]string{dict, {hdrRateLimitRemain, hdrRateLimitReset}, {hdrXRateLimitRemain, hdrXRateLimitReset}}
+	for i, p := range pairs {
+		if i > 0 {
+			// Look the reset up only when there is a count.
+			if p[0] = firstOr(h, p[0]); p[0] != "" {
+				p[1] = firstOr(h, p[1])
+			}
+		}
 		if p[0] == "" || p[1] == "" {
 			continue
 		}
@@ -430,5 +425,17 @@ func policies(lines []string) []policy {
 // "".
 func firstOr(h http.Header, k string) string {
 	v, _ := firstValue(h, k)
+	return v
+}
+
+// trimBlanks removes spaces and tabs around v: strings.Trim, without
+// building a set on each call.
+func trimBlanks(v string) string {
+	for v != "" && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
 	return v
 }

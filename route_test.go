@@ -128,7 +128,7 @@ func tenRoutes(b *testing.B, tr *Transport) {
 	for i, p := range []string{
 		"POST /api/advancedqueries/run", "/api/machines/{id}/", "/api/alerts/", "/api/incidents/",
 		"GET /api/files/{sha}", "/api/users/{id}/", "/api/ips/{ip}/", "/api/domains/{d}/",
-		"POST /api/indicators/batch", "/v1/things/{id}",
+		"POST /api/indicators/batch", "GET /v1/things",
 	} {
 		if err := tr.Route(p, 1_000_000+i, time.Nanosecond); err != nil {
 			b.Fatal(err)
@@ -152,7 +152,11 @@ func BenchmarkTransportTenRoutes(b *testing.B) {
 			}
 			tr := NewTransport(rt, l)
 			tenRoutes(b, tr)
+			if got := tr.routes.Load().match(req); (got >= 0) != (path == "match") {
+				b.Fatalf("the request matches route %d", got)
+			}
 			b.ReportAllocs()
+			reportCPU(b)
 			for b.Loop() {
 				if _, err := tr.RoundTrip(req); err != nil {
 					b.Fatal(err)

@@ -37,7 +37,8 @@ func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int, hk
 	}
 	var reset time.Duration
 	var spent bool
-	if hk.quota {
+	if hk.quota && !(hk.counted && hk.left > 0) {
+		// Some count may be zero: when the quota is spent, and until when.
 		reset, spent = quotaReset(h, srv, maxDuration)
 	}
 	if !v.throttled {
@@ -82,6 +83,19 @@ func defaultVerdict(status int, h http.Header, srv time.Time, spent bool) verdic
 type headerKinds struct {
 	quota  bool // RateLimit, RateLimit-Remaining or X-RateLimit-Remaining
 	policy bool // RateLimit-Policy
+
+	// What quotaLeft read, when quota: the fewest calls left, and the
+	// reset, read against the server's time. Set by readQuota.
+	counted bool
+	left    int64
+	reset   time.Duration
+}
+
+// readQuota reads the calls left, once for classify and the learner.
+func (hk *headerKinds) readQuota(h http.Header, srv time.Time) {
+	if hk.quota {
+		hk.left, hk.reset, hk.counted = quotaLeft(h, srv)
+	}
 }
 
 func kindsOf(h http.Header) headerKinds {

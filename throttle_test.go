@@ -40,7 +40,9 @@ func TestClassifyDefaults(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := respond(tc.status, tc.kv...)
-			v := tr.classify(resp, t0, 0, kindsOf(resp.Header))
+			hk := kindsOf(resp.Header)
+			hk.readQuota(resp.Header, t0)
+			v := tr.classify(resp, t0, 0, hk)
 			assert.Equal(t, tc.throttled, v.throttled)
 			if tc.wait < 0 {
 				assert.False(t, v.named)

@@ -245,7 +245,7 @@ var errNoLimiter = errors.New("limiter: Transport has no limiter; make it with N
 // RoundTrip sends req through the limiter, as the Transport's doc says,
 // and returns the server's response.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	c, err := t.newCall(req)
+	c, err := t.newTrip(req)
 	if err != nil {
 		if req.Body != nil {
 			req.Body.Close()
