@@ -199,30 +199,34 @@ func (n *Nginx) Stop() {
 
 // HTTPRate returns an http.Handler limited by go-chi/httprate to limit
 // calls per window per X-API-Key (its sliding window counter), that answers
-// a small JSON body.
-func HTTPRate(limit int, window time.Duration) http.Handler {
+// a small JSON body, and the instant its windows are aligned to: httprate
+// (v0.16) starts its fixed windows when the limiter is made, not on the
+// clock's seconds.
+func HTTPRate(limit int, window time.Duration) (h http.Handler, origin time.Time) {
 	byKey := func(r *http.Request) (string, error) { return r.Header.Get(KeyHeader), nil }
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"items":[1,2,3]}` + "\n"))
 	})
-	return httprate.LimitBy(limit, window, byKey)(ok)
+	origin = time.Now() // httprate reads the clock within microseconds of this
+	return httprate.LimitBy(limit, window, byKey)(ok), origin
 }
 
 // HTTPRateFastest returns how long the fastest client takes to make calls
-// calls through HTTPRate(limit, window) when it starts at start: httprate
-// keeps a counter per fixed window (aligned to the clock) and admits a call
-// while round(previous window's count * the part of it still in the
-// sliding window + this window's count) + 1 <= limit, so it cannot sustain
-// limit per window, and how far the first window reaches depends on where
-// in the clock's window the client starts. The answer is found by sending
-// each call at the first half millisecond httprate would admit it.
-func HTTPRateFastest(start time.Time, calls, limit int, window time.Duration) time.Duration {
+// calls, starting at start, through an HTTPRate(limit, window) made at
+// origin. httprate keeps a counter per fixed window (windows start at
+// origin) and admits a call while round(previous window's count * the part
+// of it still in the sliding window + this window's count) + 1 <= limit, so
+// it cannot sustain limit per window, and how fast a job goes depends on
+// where in httprate's window it starts. The answer is found by sending each
+// call at the first half millisecond httprate would admit it.
+func HTTPRateFastest(origin, start time.Time, calls, limit int, window time.Duration) time.Duration {
 	const step = 500 * time.Microsecond
+	offset := origin.Sub(origin.Truncate(window))
 	counts := map[time.Time]int{}
 	now := start
 	for sent := 0; ; {
-		cur := now.Truncate(window)
+		cur := now.Add(-offset).Truncate(window).Add(offset)
 		prev := cur.Add(-window)
 		elapsed := float64(now.Sub(cur)) / float64(window)
 		rate := float64(counts[prev])*(1-elapsed) + float64(counts[cur])

@@ -91,14 +91,15 @@ func TestNginxCountsEachKey(t *testing.T) {
 }
 
 func TestHTTPRate(t *testing.T) {
-	srv := httptest.NewServer(HTTPRate(10, time.Second))
+	h, origin := HTTPRate(10, time.Second)
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	const calls = 40
 	for _, workers := range []int{4, 16} {
 		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
-			// httprate's fastest depends on where in the clock's second
-			// the job starts: from 3.0 to 4.0 s.
-			fastest := HTTPRateFastest(time.Now(), calls, 10, time.Second)
+			// httprate's fastest depends on where in its window the job
+			// starts: from 3.0 to 4.0 s.
+			fastest := HTTPRateFastest(origin, time.Now(), calls, 10, time.Second)
 			res := naive(t, Job{URL: srv.URL + "/api/items", Key: t.Name(), Calls: calls, Workers: workers})
 			checkLearned(t, res, fastest)
 		})
@@ -106,11 +107,12 @@ func TestHTTPRate(t *testing.T) {
 }
 
 func TestHTTPRateFastest(t *testing.T) {
-	// The phase decides: from the start of a clock second, the first 10
-	// calls fill that second and the previous count weighs on the next.
-	second := time.Unix(1_800_000_000, 0)
+	// The phase decides: from the start of one of httprate's windows, the
+	// first 10 calls fill it, and their count weighs on the next.
+	origin := time.Unix(1_800_000_000, 300_000_000)
 	ms := float64(time.Millisecond)
-	assert.InDelta(t, 3950*ms, float64(HTTPRateFastest(second, 40, 10, time.Second)), ms)
-	assert.InDelta(t, 3450*ms, float64(HTTPRateFastest(second.Add(500*time.Millisecond), 40, 10, time.Second)), ms)
-	assert.Equal(t, time.Duration(0), HTTPRateFastest(second, 10, 10, time.Second))
+	assert.InDelta(t, 3950*ms, float64(HTTPRateFastest(origin, origin, 40, 10, time.Second)), ms)
+	assert.InDelta(t, 3950*ms, float64(HTTPRateFastest(origin, origin.Add(time.Hour), 40, 10, time.Second)), ms)
+	assert.InDelta(t, 3450*ms, float64(HTTPRateFastest(origin, origin.Add(500*time.Millisecond), 40, 10, time.Second)), ms)
+	assert.Equal(t, time.Duration(0), HTTPRateFastest(origin, origin, 10, 10, time.Second))
 }

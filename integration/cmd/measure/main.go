@@ -144,9 +144,10 @@ func serverRows() []row {
 			against: "go-chi/httprate 10 per second",
 			setup:   fmt.Sprintf("New(10, time.Second); 40 calls, %d workers", workers),
 			run: func(ctx context.Context) (result, error) {
-				srv := httptest.NewServer(integration.HTTPRate(10, time.Second))
+				h, origin := integration.HTTPRate(10, time.Second)
+				srv := httptest.NewServer(h)
 				defer srv.Close()
-				fastest := integration.HTTPRateFastest(time.Now(), 40, 10, time.Second)
+				fastest := integration.HTTPRateFastest(origin, time.Now(), 40, 10, time.Second)
 				return naiveJob(ctx, srv.URL+"/api/items", key(), 40, workers, 10, time.Second, fastest)
 			},
 		}
