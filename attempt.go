@@ -397,7 +397,7 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
-		ln.observe(resp.Header, hk, now, v.throttled, c.probe, c.seq, c.before, c.t.maxRetryAfter(), c.clock)
+		ln.observe(resp.Header, hk, now, v.throttled, c.probe, c.seq, min(c.before, c.conn.inflight), c.t.maxRetryAfter(), c.clock)
 	}
 	if c.probe {
 		ln.endProbe()
