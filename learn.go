@@ -16,11 +16,18 @@ import (
 // loosest the Transport can be:
 //
 //   - The budget: a response that says r calls remain before a reset lets
-//     no more than r calls start before that reset, less the calls already
-//     in flight, which the server had not counted yet. The newest response
-//     wins: it saw the server's latest count. Once a reset has passed
-//     the server's state is unknown, so one call goes first (a probe) and
-//     the others wait for its response.
+//     no more than r calls start before that reset, less the calls that
+//     the count may not include: those admitted after the counted one,
+//     and those in flight when it was admitted and still in flight. Counts
+//     are read in the order their calls were admitted, so that an answer
+//     that overtakes another does not give calls back. Once a reset has
+//     passed the server's state is unknown, so one call goes first (a
+//     probe) and the others wait for its answer. A quota that was spent
+//     before its reset and, right after it, refuses or leaves fewer calls
+//     than the period before (a sliding counter, whose previous window
+//     still weighs) does not reset: from then on a spent count holds calls
+//     back for one pace (window/limit, or the learned pacing's every)
+//     instead of until the reset.
 //   - The policy: a RateLimit-Policy quota that the configured rules do
 //     not imply becomes a rule of its own.
 //   - The pacing: a throttled response for a call the rules admitted says
