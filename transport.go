@@ -80,11 +80,16 @@ type statser interface {
 // their resets) pauses the limiter until the reset. Unless
 // DisableLearning is set, the Transport also learns the server, for each
 // connection key: it admits no more calls before a reset than the
-// server's headers say remain, makes a RateLimit-Policy stricter than the
+// server's headers say remain (after a reset, one call goes first and the
+// others wait for its answer), makes a RateLimit-Policy stricter than the
 // limiter's rules a rule, and tightens its pacing after a throttle that
 // the rules did not prevent, relaxing it again slowly, never past the
-// rules (see learn.go for the exact model). What it learns only ever holds
-// calls back.
+// rules. A server whose quota does not reset at the reset it names (a
+// sliding counter such as go-chi/httprate) is recognized after its first
+// reset; from then on a spent count holds calls back for one pace instead
+// of until the reset. See learn.go for the exact model. What it learns
+// only ever holds calls back beyond the rules, and is dropped, on a group
+// Transport, with the key's other state once idle.
 //
 // Route gives requests that match a pattern rules of their own, and Cost
 // weighs requests.
