@@ -88,8 +88,9 @@ type statser interface {
 // sliding counter such as go-chi/httprate) is recognized after its first
 // reset; from then on a spent count holds calls back for one pace instead
 // of until the reset. See learn.go for the exact model. What it learns
-// only ever holds calls back beyond the rules, and is dropped, on a group
-// Transport, with the key's other state once idle.
+// never lets through a call that the limiter's rules would hold back; on
+// a group Transport it is kept per key, and dropped with the key's other
+// state once idle.
 //
 // Route gives requests that match a pattern rules of their own, and Cost
 // weighs requests.
