@@ -109,10 +109,13 @@ type statser interface {
 // instead of sleeping into the deadline.
 //
 // RoundTrip keeps the contract of http.RoundTripper: it does not modify
-// the request, it closes the request body even on errors (except a body
-// that GetBody hands out again, which is the caller's; see body.go), it
-// returns a response or an error but not both, and it drains and closes
-// every response body it does not return.
+// the request, it closes the request body even on errors, it returns a
+// response or an error but not both, and it drains and closes every
+// response body it does not return. A retry sends the body that GetBody
+// returns. When GetBody hands out the very body the request carries,
+// rewound (azcore's requests do), that body stays the caller's: no Close
+// by Base or by the Transport reaches it, so the caller's own next
+// GetBody still works.
 //
 // A Transport is safe for concurrent use. Its fields must not be changed
 // once it is in use.
