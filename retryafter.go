@@ -111,20 +111,6 @@ func quotaReset(h http.Header, now time.Time, limit time.Duration) (time.Duratio
 	return wait, found
 }
 
-// mayBeSpent reports, cheaply, whether quotaReset could find a spent
-// quota in h: false when it certainly would not.
-func mayBeSpent(h http.Header) bool {
-	if len(h[hdrRateLimit]) > 0 {
-		return true
-	}
-	for _, k := range [...]string{hdrRateLimitRemain, hdrXRateLimitRemain} {
-		if v, ok := firstValue(h, k); ok && isZero(v) {
-			return true
-		}
-	}
-	return false
-}
-
 // structuredReset reads the RateLimit field, given as its field lines, and
 // returns the longest wait of a policy in it that has nothing remaining.
 func structuredReset(lines, policies []string, now time.Time) (time.Duration, bool) {
@@ -302,7 +288,7 @@ func parseDecimal(v string, unit time.Duration) (time.Duration, bool) {
 // and one or more digits, surrounded by optional blanks, and returns the
 // number rounded up to an integer, saturating at math.MaxInt64.
 func parseCount(v string) (int64, bool) {
-	v = strings.Trim(v, " \t")
+	v = trimBlanks(v)
 	intPart, frac, hasDot := strings.Cut(v, ".")
 	if intPart == "" || hasDot && frac == "" {
 		return 0, false
@@ -350,4 +336,106 @@ func firstValue(h http.Header, k string) (string, bool) {
 // clampWait limits d to [0, limit].
 func clampWait(d, limit time.Duration) time.Duration {
 	return max(0, min(d, limit))
+}
+
+// hdrDate is the canonical key of the response's Date header.
+const hdrDate = "Date"
+
+// quotaLeft returns how many calls a response's rate limit headers say
+// remain before the quota resets, and how long until the reset. When
+// several forms or policies say so, the fewest calls win, and among equal
+// counts the latest reset. It reports false when no header names both a
+// count and a reset.
+func quotaLeft(h http.Header, now time.Time) (left int64, reset time.Duration, ok bool) {
+	take := func(n int64, d time.Duration) {
+		if !ok || n < left || n == left && d > reset {
+			left, reset, ok = n, max(d, 0), true
+		}
+	}
+	var dict [2]string // the dictionary form: remaining=, reset=
+	for m := range members(h[hdrRateLimit]) {
+		switch {
+		case m.key == "remaining":
+			dict[0] = m.value
+		case m.key == "reset":
+			dict[1] = m.value
+		case m.name != "":
+			r, rok := m.param("r")
+			tv, tok := m.param("t")
+			n, nok := parseCount(r)
+			d, dok := parseDecimal(tv, time.Second)
+			if rok && tok && nok && dok {
+				take(n, d)
+			}
+		}
+	}
+	pairs := [...][2]string{dict, {hdrRateLimitRemain, hdrRateLimitReset}, {hdrXRateLimitRemain, hdrXRateLimitReset}}
+	for i, p := range pairs {
+		if i > 0 {
+			// Look the reset up only when there is a count.
+			if p[0] = firstOr(h, p[0]); p[0] != "" {
+				p[1] = firstOr(h, p[1])
+			}
+		}
+		if p[0] == "" || p[1] == "" {
+			continue
+		}
+		n, nok := parseCount(p[0])
+		d, dok := resetWait(p[1], now)
+		if nok && dok {
+			take(n, d)
+		}
+	}
+	return left, reset, ok
+}
+
+// mayHaveQuota reports, cheaply, whether quotaLeft or quotaReset could
+// find anything in h.
+func mayHaveQuota(h http.Header) bool {
+	return len(h[hdrRateLimit]) > 0 || len(h[hdrRateLimitRemain]) > 0 || len(h[hdrXRateLimitRemain]) > 0
+}
+
+// policy is one quota a server publishes in RateLimit-Policy: q calls per
+// w.
+type policy struct {
+	q int
+	w time.Duration
+}
+
+// policies returns the quotas of the RateLimit-Policy field lines, up to
+// maxMembers of them; members without a valid q and w are skipped.
+func policies(lines []string) []policy {
+	var ps []policy
+	for m := range members(lines) {
+		q, qok := m.param("q")
+		w, wok := m.param("w")
+		if !qok || !wok {
+			continue
+		}
+		n, nok := parseCount(q)
+		d, dok := parseDecimal(w, time.Second)
+		if nok && dok && n > 0 && n <= math.MaxInt32 && d > 0 {
+			ps = append(ps, policy{int(n), d})
+		}
+	}
+	return ps
+}
+
+// firstOr returns the first value of the header with canonical key k, or
+// "".
+func firstOr(h http.Header, k string) string {
+	v, _ := firstValue(h, k)
+	return v
+}
+
+// trimBlanks removes spaces and tabs around v: strings.Trim, without
+// building a set on each call.
+func trimBlanks(v string) string {
+	for v != "" && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }

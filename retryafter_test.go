@@ -223,3 +223,23 @@ func TestRateLimitMembersBounded(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, 30*time.Second, d)
 }
+
+// FuzzQuotaLeft: any header gives a count and a reset that are not
+// negative, and reading it never panics.
+func FuzzQuotaLeft(f *testing.F) {
+	f.Add(`"default";r=7;t=20`, `"default";q=100;w=60`, "5", "1767323045")
+	f.Add(`limit=100, remaining=9, reset=4`, ``, "", "")
+	f.Add(`"a";r=;t=`, `"a";q=0;w=-1, "b";q=99999999999999;w=1`, "-1", "1e9")
+	f.Fuzz(func(t *testing.T, rl, policy, remaining, reset string) {
+		h := mkHeader("RateLimit", rl, "RateLimit-Policy", policy, "X-RateLimit-Remaining", remaining, "X-RateLimit-Reset", reset)
+		left, d, ok := quotaLeft(h, t0)
+		if ok && (left < 0 || d < 0) {
+			t.Fatalf("quotaLeft = %d, %v", left, d)
+		}
+		for _, p := range policies(h[hdrRateLimitPolicy]) {
+			if p.q <= 0 || p.w <= 0 {
+				t.Fatalf("policy %+v", p)
+			}
+		}
+	})
+}

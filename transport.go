@@ -1,13 +1,11 @@
 package limiter
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"math/rand/v2"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,17 +16,16 @@ const (
 )
 
 // A throttled response that names no valid wait is retried after a
-// backoff: backoffBase, doubled for each throttled attempt of the same
-// request, at most backoffMax and MaxRetryAfter, less a random part of up
-// to half ("equal jitter", so that clients throttled together spread out
-// while each still waits at least half).
+// backoff of backoffBase, doubled for each throttled attempt of the same
+// request, at most backoffMax; see retryBackoff.
 const (
 	backoffBase = time.Second
 	backoffMax  = time.Minute
 )
 
 // drainLimit bounds how much of a discarded response body is read so that
-// its connection can be reused; a longer body is closed unread.
+// its connection can be reused (a longer body is closed unread), and how
+// much of a body Classify sees.
 const drainLimit = 64 << 10
 
 // A Pauser can be told to admit no call before a given time. *Limiter is
@@ -40,31 +37,76 @@ type Pauser interface {
 
 var _ Pauser = (*Limiter)(nil)
 
+// acquirerN is an Acquirer that can weigh a call, as *Limiter can.
+type acquirerN interface {
+	AcquireN(ctx context.Context, n int) (Permit, error)
+}
+
+// statser is a limiter that tells its first rule, which the Transport
+// needs to learn a pacing; *Limiter is one.
+type statser interface {
+	Stats() Stats
+}
+
 // Transport is an http.RoundTripper that sends each request through a
-// limiter: it acquires a Permit before the request is sent and marks it
+// limiter: it acquires a Permit before each attempt is sent and marks it
 // Done when the response headers have arrived or the attempt has failed,
 // so that network delay never brings two calls at the server closer than
 // the limiter's window. Make one with NewTransport or NewGroupTransport; a
 // Transport built otherwise has no limiter and fails every request.
 //
-// A response with status 429 Too Many Requests, or 503 Service
-// Unavailable with a Retry-After, means the server throttled the call.
-// The Transport then pauses the limiter, when it is a Pauser, until the
-// time the server names (see MaxRetryAfter), so that no call of the same
-// limiter earns another 429; when the server names no valid time, for a
-// backoff of about a second, doubling with each retry of the request up to
-// a minute, with jitter. It sends the request again, at most MaxRetries
-// times, when its body can be replayed (no body, http.NoBody, or GetBody
-// set) and the wait ends before the request context's deadline; otherwise
-// it returns the throttled response at once, as it is. A response of any status whose rate limit headers say the
-// server's quota is spent (RateLimit, RateLimit-Remaining,
-// X-RateLimit-Remaining, with their resets) pauses the limiter until the
-// reset; such headers only ever tighten the limiter.
+// Throttled responses, by default, are: 429 Too Many Requests; 503
+// Service Unavailable with a Retry-After; and 403 Forbidden with a
+// Retry-After or a header that says the quota is spent
+// (X-RateLimit-Remaining: 0), as GitHub's secondary and primary limits
+// send. Classify teaches the Transport other signals. After a throttled
+// response the Transport pauses the limiter, when it is a Pauser, until
+// the time the server names, so that no call of the same limiter earns
+// another one; when the server names no valid time, for a backoff of about
+// a second, doubling with each retry of the request up to a minute, with
+// jitter. It sends the request again, at most MaxRetries times, when its
+// body can be replayed (no body, http.NoBody, or GetBody set) and the wait
+// ends before the request context's deadline. Otherwise it returns the
+// throttled response at once, as it is; so too when the server's wait is
+// longer than MaxRetryAfter, after pausing the limiter for MaxRetryAfter:
+// a retry that could only earn another refusal is never sent. Absolute
+// times (an HTTP-date, a reset in Unix seconds) are read against the
+// response's Date header, so a client whose clock is off still waits as
+// long as the server means. A deadline is real time (time.Until), however
+// the limiter's clock reads.
+//
+// A response of any status whose rate limit headers say the server's quota
+// is spent (RateLimit, RateLimit-Remaining, X-RateLimit-Remaining, with
+// their resets) pauses the limiter until the reset. Unless
+// DisableLearning is set, the Transport also learns the server, for each
+// connection key: it admits no more calls before a reset than the
+// server's headers say remain, makes a RateLimit-Policy stricter than the
+// limiter's rules a rule, and tightens its pacing after a throttle that
+// the rules did not prevent, relaxing it again slowly, never past the
+// rules (see learn.go for the exact model). What it learns only ever holds
+// calls back.
+//
+// Route gives requests that match a pattern rules of their own, and Cost
+// weighs requests.
+//
+// An attempt that fails before it reached the server, because the
+// connection could not be made (a dial or DNS error, including a proxy's),
+// cancels its permits instead: the server never counted it, so its slot is
+// returned rather than spent for a full window. Any other error may come
+// after the server counted the call, and ends the permits with Done.
+//
+// When no slot frees before the request context's deadline, RoundTrip
+// returns an error that matches ErrWouldExceedDeadline and
+// context.DeadlineExceeded with errors.Is, and that itself has the methods
+// Timeout() bool, reporting true, so that url.Error and net.Error see a
+// timeout, and NonRetriable(), so that retrying clients (azcore) give up
+// instead of sleeping into the deadline.
 //
 // RoundTrip keeps the contract of http.RoundTripper: it does not modify
-// the request, it closes the request body even on errors, it returns a
-// response or an error but not both, and it drains and closes every
-// response body it does not return.
+// the request, it closes the request body even on errors (except a body
+// that GetBody hands out again, which is the caller's; see body.go), it
+// returns a response or an error but not both, and it drains and closes
+// every response body it does not return.
 //
 // A Transport is safe for concurrent use. Its fields must not be changed
 // once it is in use.
@@ -74,27 +116,52 @@ type Transport struct {
 
 	// MaxRetries is how many times a throttled request is sent again.
 	// NewTransport sets DefaultMaxRetries (2); 0 or less never retries.
+	// Under a client that retries itself (azcore, go-retryablehttp) set
+	// it to 0, so that retries do not multiply.
 	MaxRetries int
 
 	// MaxRetryAfter caps the wait that a throttled response or a spent
-	// quota imposes: a Retry-After or a reset further away counts as
-	// MaxRetryAfter. NewTransport sets DefaultMaxRetryAfter (5 minutes);
-	// 0 or less also means DefaultMaxRetryAfter.
+	// quota imposes: a Retry-After or a reset further away pauses the
+	// limiter for MaxRetryAfter, and the throttled response is returned
+	// without a retry. NewTransport sets DefaultMaxRetryAfter (5
+	// minutes); 0 or less also means DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
 
-	// Clock tells the time for the waits the server names, such as an
-	// HTTP-date in Retry-After, and, for an Acquirer that is not a Pauser,
+	// Clock tells the time for the waits the server names and for what
+	// the Transport learns and, for an Acquirer that is not a Pauser,
 	// times the wait before a retry. If nil, the Transport uses the clock
 	// of the *Limiter or *Group it was made with, and SystemClock for any
 	// other Acquirer.
 	Clock Clock
+
+	// Classify, if not nil, teaches the Transport a server's own signal
+	// of throttling. It is asked about every response with a status of
+	// 400 or more before the default rules: when it reports throttled,
+	// the response is throttled, and wait is how long the server asks to
+	// wait (0 or less: unknown, and the headers or a backoff decide).
+	// When it reports false, the default rules apply. Its resp is a copy
+	// whose Body holds the first 64 KiB of the body, which Classify may
+	// read; the caller still gets the whole body. It must not modify
+	// resp's Request. It must be safe for concurrent use.
+	Classify func(resp *http.Response) (throttled bool, wait time.Duration)
+
+	// Cost, if not nil, returns the weight of a request: each attempt
+	// takes that many slots of every rule at one instant (through
+	// AcquireN when the Acquirer has it; other Acquirers take one slot).
+	// A result below 1 counts as 1. It must not modify req.
+	Cost func(req *http.Request) int
+
+	// DisableLearning turns off what the Transport learns from the
+	// server's responses (budgets, policies, pacing; see above). A spent
+	// quota and a throttled response still pause the limiter.
+	DisableLearning bool
 
 	// OnThrottle, if not nil, is called after each throttled response
 	// with the wait the Transport chose, whether or not it then retries.
 	// It must not read or close resp.Body, nor modify req or resp.
 	OnThrottle func(req *http.Request, resp *http.Response, wait time.Duration)
 
-	// OnWait, if not nil, is called after each acquisition of a permit
+	// OnWait, if not nil, is called after each acquisition of permits
 	// that took longer than WaitThreshold, with how long it took, as read
 	// from Clock. Waits before a retry count too when the Acquirer is a
 	// Pauser (or a Group); the sleep before retrying through another
@@ -105,6 +172,11 @@ type Transport struct {
 	// hears of it. With 0, every acquisition that took any time does,
 	// which on SystemClock is nearly every one.
 	WaitThreshold time.Duration
+
+	mu     sync.Mutex // serializes Route
+	routes atomic.Pointer[routeTable]
+	conns  connTable  // per key, for a group
+	single *connState // for one Acquirer
 
 	// Set by the constructors.
 	acquirer Acquirer
@@ -124,6 +196,7 @@ func NewTransport(base http.RoundTripper, a Acquirer) *Transport {
 		MaxRetries:    DefaultMaxRetries,
 		MaxRetryAfter: DefaultMaxRetryAfter,
 		clock:         SystemClock(),
+		single:        &connState{},
 	}
 	if l, ok := a.(*Limiter); ok {
 		if l == nil {
@@ -138,10 +211,10 @@ func NewTransport(base http.RoundTripper, a Acquirer) *Transport {
 
 // NewGroupTransport returns a Transport that sends each request through
 // base after acquiring a permit from the limiter of g for the request's
-// key, and pauses only that key's limiter after a throttled response. If
-// key is nil, the key is the request's host (req.URL.Host), so that each
-// server has its own limiter. If base is nil, http.DefaultTransport is
-// used.
+// key, and pauses only that key's limiter after a throttled response;
+// routes and what the Transport learns are per key too. If key is nil,
+// the key is the request's host (req.URL.Host), so that each server has
+// its own limiter. If base is nil, http.DefaultTransport is used.
 func NewGroupTransport(base http.RoundTripper, g *Group, key func(*http.Request) string) *Transport {
 	if key == nil {
 		key = hostKey
@@ -172,170 +245,39 @@ var errNoLimiter = errors.New("limiter: Transport has no limiter; make it with N
 // RoundTrip sends req through the limiter, as the Transport's doc says,
 // and returns the server's response.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	// The request body is ours to close until Base has the request.
-	closeBody := req.Body != nil
-	defer func() {
-		if closeBody {
+	c, err := t.newTrip(req)
+	if err != nil {
+		if req.Body != nil {
 			req.Body.Close()
 		}
-	}()
-	if t.group == nil && t.acquirer == nil {
-		return nil, errNoLimiter
+		return nil, err
 	}
-	ctx := req.Context()
-	var key string
-	if t.group != nil {
-		key = t.key(req)
-	}
-	clock := t.Clock
-	if clock == nil {
-		clock = t.clock
-	}
-	limit := t.MaxRetryAfter
-	if limit <= 0 {
-		limit = DefaultMaxRetryAfter
-	}
-	r := req                // what this attempt sends
-	var held *http.Response // the last throttled response, until its retry has a permit
-	for attempt := 0; ; attempt++ {
-		p, pauser, err := t.acquire(ctx, req, key, clock)
+	defer c.end()
+	for {
+		if err := c.acquire(); err != nil {
+			return c.acquireFailed(err)
+		}
+		resp, err := c.send()
 		if err != nil {
-			if held != nil && ctx.Err() == nil {
-				// The retry cannot be sent (no slot before the deadline,
-				// queue full): the throttled response, as it is.
-				return held, nil
-			}
 			return nil, err
 		}
-		held = nil
-		if attempt > 0 && req.GetBody != nil {
-			body, err := req.GetBody()
-			if err != nil {
-				p.Cancel()
-				return nil, fmt.Errorf("limiter: replaying the request body: %w", err)
-			}
-			r = req.Clone(ctx)
-			r.Body = body
+		v := c.classify(resp)
+		if !v.throttled || !c.mayRetry(resp, v) {
+			return resp, nil
 		}
-		closeBody = false
-		resp, err := t.base().RoundTrip(r)
-		if err != nil {
-			p.Done()
-			if resp != nil && resp.Body != nil {
-				resp.Body.Close() // a response or an error, never both
-			}
+		if err := c.backoff(resp, v); err != nil {
 			return nil, err
 		}
-		if resp == nil {
-			p.Done()
-			return nil, errors.New("limiter: Base RoundTripper returned no response and no error")
-		}
-
-		var now time.Time
-		var throttled bool
-		var wait, pause time.Duration
-		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable || mayBeSpent(resp.Header) {
-			// Most responses need no clock reading; these may.
-			now = clock.Now()
-			throttled, wait = t.throttle(resp, now, limit, attempt)
-			pause = wait
-			if d, ok := quotaReset(resp.Header, now, limit); ok {
-				pause = max(pause, d)
-			}
-			if pauser != nil && pause > 0 {
-				pauser.PauseUntil(now.Add(pause))
-			}
-		}
-		// Done after the pause: the call keeps the limiter in use, so a
-		// Group cannot have dropped the limiter that was just paused.
-		p.Done()
-		if !throttled {
-			return resp, nil
-		}
-		if t.OnThrottle != nil {
-			t.OnThrottle(req, resp, max(wait, pause))
-		}
-		if attempt >= t.MaxRetries || !replayable(req) || pastDeadline(ctx, now.Add(max(wait, pause))) {
-			return resp, nil
-		}
-		complete := bufferBody(resp)
-		if pauser == nil {
-			// Nothing else holds the retry back until the server's time.
-			if err := sleepOn(ctx, clock, max(wait, pause)); err != nil {
-				return nil, err
-			}
-		}
-		if complete {
-			held = resp
-		}
-		// With a Pauser, the next Acquire waits for the pause to end.
 	}
 }
 
-// acquire returns a permit for req, from the key's limiter of the group or
-// from the Acquirer, and the Pauser to pause after a throttled response.
-func (t *Transport) acquire(ctx context.Context, req *http.Request, key string, clock Clock) (Permit, Pauser, error) {
-	var start time.Time
-	if t.OnWait != nil {
-		start = clock.Now()
+// CloseIdleConnections closes the idle connections of Base, when Base has
+// such a method, as *http.Transport does; http.Client calls it.
+func (t *Transport) CloseIdleConnections() {
+	type closeIdler interface{ CloseIdleConnections() }
+	if ci, ok := t.base().(closeIdler); ok {
+		ci.CloseIdleConnections()
 	}
-	var p Permit
-	var pauser Pauser
-	var err error
-	if t.group != nil {
-		var l *Limiter
-		p, l, err = t.group.acquire(ctx, key)
-		if l != nil {
-			pauser = l
-		}
-	} else {
-		p, err = t.acquirer.Acquire(ctx)
-		pauser = t.pauser
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	if p == nil {
-		p = noPermit{} // a careless Acquirer; nothing to end
-	}
-	if t.OnWait != nil {
-		if waited := clock.Now().Sub(start); waited > t.WaitThreshold {
-			t.OnWait(req, waited)
-		}
-	}
-	return p, pauser, nil
-}
-
-// throttle reports whether resp says the server throttled the call, and
-// if so how long to wait before calling again: the Retry-After, else for
-// a 429 the reset of a spent quota, else a backoff.
-func (t *Transport) throttle(resp *http.Response, now time.Time, limit time.Duration, attempt int) (bool, time.Duration) {
-	switch resp.StatusCode {
-	case http.StatusTooManyRequests:
-		if d, ok := retryAfter(resp.Header, now, limit); ok {
-			return true, d
-		}
-		if d, ok := quotaReset(resp.Header, now, limit); ok && d > 0 {
-			return true, d
-		}
-		return true, retryBackoff(attempt, limit)
-	case http.StatusServiceUnavailable:
-		// A 503 is throttling only when the server says when to come back.
-		d, ok := retryAfter(resp.Header, now, limit)
-		return ok, d
-	}
-	return false, 0
-}
-
-// retryBackoff returns the wait before retrying the attempt-th throttled
-// attempt of a request (from 0) whose response named no wait.
-func retryBackoff(attempt int, limit time.Duration) time.Duration {
-	d := backoffMax
-	if attempt < 8 {
-		d = min(backoffBase<<attempt, backoffMax)
-	}
-	d = max(0, min(d, limit))
-	return d - rand.N(d/2+1)
 }
 
 func (t *Transport) base() http.RoundTripper {
@@ -345,31 +287,21 @@ func (t *Transport) base() http.RoundTripper {
 	return http.DefaultTransport
 }
 
-// replayable reports whether req's body can be sent again.
-func replayable(req *http.Request) bool {
-	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+func (t *Transport) clockOf() Clock {
+	if t.Clock != nil {
+		return t.Clock
+	}
+	if t.clock != nil {
+		return t.clock
+	}
+	return SystemClock()
 }
 
-// pastDeadline reports whether ctx must end before at.
-func pastDeadline(ctx context.Context, at time.Time) bool {
-	dl, ok := ctx.Deadline()
-	return ok && !at.Before(dl)
-}
-
-// bufferBody reads a bounded part of a response body that may not be
-// returned, so that its connection can be reused, and closes it. When the
-// whole body fit, resp gets it back in memory, and bufferBody reports true.
-func bufferBody(resp *http.Response) bool {
-	if resp.Body == nil {
-		return true
+func (t *Transport) maxRetryAfter() time.Duration {
+	if t.MaxRetryAfter <= 0 {
+		return DefaultMaxRetryAfter
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, drainLimit+1))
-	resp.Body.Close()
-	if err != nil || len(b) > drainLimit {
-		return false
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(b))
-	return true
+	return t.MaxRetryAfter
 }
 
 // sleepOn waits for d on c, or until ctx ends.
@@ -387,7 +319,9 @@ func sleepOn(ctx context.Context, c Clock, d time.Duration) error {
 	}
 }
 
-type noPermit struct{}
-
-func (noPermit) Done()   {}
-func (noPermit) Cancel() {}
+// pastDeadline reports whether ctx ends before a wait of d does. The
+// deadline is real time, whatever clock d was read on.
+func pastDeadline(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return ok && d >= time.Until(dl)
+}

@@ -708,6 +708,7 @@ func BenchmarkTransport(b *testing.B) {
 	}
 	tr := NewTransport(rt, l)
 	b.ReportAllocs()
+	reportCPU(b)
 	for b.Loop() {
 		if _, err := tr.RoundTrip(req); err != nil {
 			b.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"strings"
 	"time"
 
@@ -19,9 +20,13 @@ type result struct {
 	Failed    int    `json:"failed"`    // calls that did not end in 200
 	Requests  int    `json:"requests"`  // requests the server received, retries included
 	Status429 int    `json:"status429"` // 429 responses the server sent
+	Refused   int    `json:"refused"`   // refusals the server sent: 429, or 403 (github)
+	// RefusedLater counts the refusals after the first window: what the
+	// Transport did not learn from the first ones.
+	RefusedLater int `json:"refused_later"`
 
 	WallSeconds  float64 `json:"wall_seconds"`  // from the common start to the client's last response
-	IdealSeconds float64 `json:"ideal_seconds"` // the fastest possible without a 429, see idealWall
+	IdealSeconds float64 `json:"ideal_seconds"` // the fastest the server allows, see idealWall
 
 	// BusiestWindow is the most calls the server counted (accepted) in any
 	// sliding window; it cannot exceed Limit, and a client that uses its
@@ -40,12 +45,23 @@ type result struct {
 
 func newResult(c *client, st throttleserver.Stats, start time.Time, ideal time.Duration) result {
 	ok, refused := st.Histogram(start, time.Second)
+	n429, later := 0, 0
+	for _, a := range st.Arrivals {
+		if a.Status == http.StatusTooManyRequests {
+			n429++
+		}
+		if a.Status != http.StatusOK && a.At.Sub(start) >= st.Window {
+			later++
+		}
+	}
 	return result{
 		Client:                c.name,
 		Calls:                 int(c.done.Load()),
 		Failed:                int(c.failed.Load()),
 		Requests:              len(st.Arrivals),
-		Status429:             st.Throttled,
+		Status429:             n429,
+		Refused:               st.Throttled,
+		RefusedLater:          later,
 		WallSeconds:           seconds(c.end.Sub(start)),
 		IdealSeconds:          seconds(ideal),
 		BusiestWindow:         st.BusiestWindow(),
@@ -74,27 +90,27 @@ func printJSON(w io.Writer, results []result) error {
 
 func printTable(w io.Writer, opt options, results []result) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%d calls per %v per API key; each client: %d calls, %d workers; server latency %v\n\n",
-		opt.limit, opt.window, opt.calls, opt.workers, &opt.latency)
+	fmt.Fprintf(&b, "\n%s\neach client: %d calls, %d workers; server latency %v\n\n",
+		servers[opt.server].describe(opt), opt.calls, opt.workers, &opt.latency)
 
-	fmt.Fprintf(&b, "%-12s %6s %6s %7s %10s %9s   %s\n",
-		"client", "calls", "429s", "failed", "wall time", "vs ideal", fmt.Sprintf("busiest %v window", opt.window))
+	fmt.Fprintf(&b, "%-12s %6s %8s %7s %7s %10s %9s   %s\n",
+		"client", "calls", "refused", "later", "failed", "wall time", "vs ideal", fmt.Sprintf("busiest %v window", opt.window))
 	for _, r := range results {
-		fmt.Fprintf(&b, "%-12s %6d %6d %7d %9.2fs %+8.1f%%   %d/%d (%d requests)\n",
-			r.Client, r.Calls, r.Status429, r.Failed, r.WallSeconds,
+		fmt.Fprintf(&b, "%-12s %6d %8d %7d %7d %9.2fs %+8.1f%%   %d/%d (%d requests)\n",
+			r.Client, r.Calls, r.Refused, r.RefusedLater, r.Failed, r.WallSeconds,
 			100*(r.WallSeconds/r.IdealSeconds-1), r.BusiestWindow, r.Limit, r.BusiestWindowRequests)
 	}
 	// No client can beat this: see idealWall.
-	fmt.Fprintf(&b, "%-12s %6d %6d %7d %9.2fs %9s   fastest possible: call %d cannot start before %v\n",
-		"ideal", opt.calls, 0, 0, results[0].IdealSeconds, "",
-		opt.calls, time.Duration((opt.calls-1)/opt.limit)*opt.window)
+	fmt.Fprintf(&b, "%-12s %6d %8d %7d %7d %9.2fs %9s   the fastest the server allows\n",
+		"ideal", opt.calls, 0, 0, 0, results[0].IdealSeconds, "")
+	fmt.Fprintf(&b, "(refused: 429s, or GitHub's 403s; later: after the first %v window)\n", opt.window)
 
 	writeChart(&b, results)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-// writeChart draws, for each client, the accepted requests and the 429s per
+// writeChart draws, for each client, the accepted requests and the refusals per
 // second (or per few seconds, to keep a long run within 60 columns) as
 // sparklines on one scale.
 func writeChart(b *strings.Builder, results []result) {
@@ -126,7 +142,7 @@ func writeChart(b *strings.Builder, results []result) {
 	fmt.Fprintf(b, "%-12s %-4s %s\n", "", "", axis(ceilDiv(secs, step), step))
 	for i, r := range results {
 		fmt.Fprintf(b, "%-12s %-4s|%s|\n", r.Client, "200", sparkline(rows[i].ok, top))
-		fmt.Fprintf(b, "%-12s %-4s|%s|\n", "", "429", sparkline(rows[i].refused, top))
+		fmt.Fprintf(b, "%-12s %-4s|%s|\n", "", "no", sparkline(rows[i].refused, top))
 	}
 }
 

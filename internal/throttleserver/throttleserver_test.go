@@ -11,27 +11,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/apiquota/limiter"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-
-// fakeClock is a settable time source for Config.Now.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
 
 // call sends one request for key straight to the handler, without a network.
 func call(t *testing.T, s *Server, key string) *httptest.ResponseRecorder {
@@ -56,7 +40,7 @@ type step struct {
 
 func runSteps(t *testing.T, cfg Config, steps []step) *Server {
 	t.Helper()
-	clock := &fakeClock{now: t0}
+	clock := limiter.NewManualClock(t0)
 	cfg.Now = clock.Now
 	s := New(cfg)
 	for i, st := range steps {

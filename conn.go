@@ -1,0 +1,135 @@
+package limiter
+
+import (
+	"sync"
+	"time"
+)
+
+// connState is what a Transport keeps for one connection key: its routes'
+// limiters and what it learned about the server. A Transport from
+// NewTransport has one; one from NewGroupTransport has one per key in use,
+// in a connTable.
+type connState struct {
+	mu       sync.Mutex
+	refs     int // RoundTrips using it now; a state in use is never dropped
+	inflight int // attempts sent whose response has not been read
+	routes   []routeLimiter
+	learn    learner
+
+	key string // in the connTable
+	idx int    // in connTable.list
+}
+
+// routeLimiter is one route's limiter for one connection key, and the
+// Remaining it had when new, to tell when it holds nothing.
+type routeLimiter struct {
+	l    *Limiter
+	full int
+}
+
+// route returns the limiter of route i, making it on first use.
+func (c *connState) route(t *Transport, rt *routeTable, i int) (*Limiter, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.routes) < len(rt.specs) {
+		c.routes = append(c.routes, make([]routeLimiter, len(rt.specs)-len(c.routes))...)
+	}
+	if c.routes[i].l == nil {
+		l, err := rt.specs[i].limiter(t.clockOf())
+		if err != nil {
+			return nil, err // checked by Route; only a clock set later can fail
+		}
+		c.routes[i] = routeLimiter{l, l.Remaining()}
+	}
+	return c.routes[i].l, nil
+}
+
+// idleLocked reports whether c holds nothing that matters at now, so that
+// dropping it loses no count and nothing learned that is still in use.
+// c.mu must be held.
+func (c *connState) idleLocked(now time.Time) bool {
+	if c.refs > 0 || c.inflight > 0 || !c.learn.idle(now) {
+		return false
+	}
+	for _, r := range c.routes {
+		if r.l != nil && !fresh(r.l, r.full) {
+			return false
+		}
+	}
+	return true
+}
+
+// connSweep is how many states a lookup in a connTable checks for
+// idleness: a bounded amount of work per call, which still drops idle
+// states faster than one new key per call can add them.
+const connSweep = 2
+
+// connTable holds the connState of each key of a group Transport. Its
+// memory follows the keys in use: each lookup checks the next few states,
+// round robin, and drops those that are idle.
+type connTable struct {
+	mu   sync.Mutex
+	m    map[string]*connState
+	list []*connState
+	hand int
+}
+
+// get returns the state of key, made if there is none, with a reference
+// that the caller must give back with put.
+func (ct *connTable) get(key string, now time.Time) *connState {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	c := ct.m[key]
+	if c == nil {
+		if ct.m == nil {
+			ct.m = make(map[string]*connState)
+		}
+		c = &connState{key: key, idx: len(ct.list)}
+		ct.m[key] = c
+		ct.list = append(ct.list, c)
+	}
+	c.mu.Lock()
+	c.refs++
+	c.mu.Unlock()
+	ct.sweepLocked(now)
+	return c
+}
+
+// sweepLocked checks up to connSweep states and drops the idle ones.
+// ct.mu must be held.
+func (ct *connTable) sweepLocked(now time.Time) {
+	for range min(connSweep, len(ct.list)) {
+		if ct.hand >= len(ct.list) {
+			ct.hand = 0
+		}
+		c := ct.list[ct.hand]
+		c.mu.Lock()
+		idle := c.idleLocked(now)
+		c.mu.Unlock()
+		if !idle {
+			ct.hand++
+			continue
+		}
+		// The last state takes c's place, and is checked next.
+		last := ct.list[len(ct.list)-1]
+		last.idx = c.idx
+		ct.list[c.idx] = last
+		ct.list[len(ct.list)-1] = nil
+		ct.list = ct.list[:len(ct.list)-1]
+		delete(ct.m, c.key)
+	}
+}
+
+// len returns the number of keys held.
+func (ct *connTable) len() int {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	return len(ct.list)
+}
+
+// put gives back a reference that get returned.
+func (c *connState) put() {
+	c.mu.Lock()
+	c.refs--
+	c.mu.Unlock()
+}

@@ -1,0 +1,118 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/apiquota/limiter"
+)
+
+// startNginx starts nginx with limit_req rate=10r/s burst=5 for the test.
+// Without nginx the test is skipped, except on CI (CI=true), where nginx
+// must be installed.
+func startNginx(t *testing.T) *Nginx {
+	t.Helper()
+	ng, err := StartNginx(NginxLimit{Rate: 10, Burst: 5})
+	if errors.Is(err, ErrNoNginx) && os.Getenv("CI") != "true" {
+		t.Skip(err)
+	}
+	require.NoError(t, err)
+	t.Cleanup(ng.Stop)
+	return ng
+}
+
+// naive runs job through the Transport as a new user sets it up: the
+// server's advertised rate as a window, New(10, time.Second).
+func naive(t *testing.T, job Job) Result {
+	t.Helper()
+	l, err := limiter.New(10, time.Second)
+	require.NoError(t, err)
+	base := &http.Transport{MaxIdleConnsPerHost: job.Workers}
+	t.Cleanup(base.CloseIdleConnections)
+	counter := NewCounter(base)
+	client := &http.Client{Transport: limiter.NewTransport(counter, l)}
+	return Run(context.Background(), client, counter, job)
+}
+
+// checkLearned asserts issue 8's target against a server whose model is not
+// the limiter's: every call succeeds, at most one 429 after the first
+// window (the Transport learns the server), and a wall time within 1.5x of
+// the fastest the server allows. Real time: the bound on the wall time has
+// room for a loaded machine's scheduling (it is the target, not the usual).
+func checkLearned(t *testing.T, res Result, fastest time.Duration) {
+	t.Helper()
+	learnt := 0
+	if first := res.FirstThrottled(); first >= 0 {
+		learnt = res.ThrottledAfter(first + time.Second)
+	}
+	t.Logf("%d calls: %d requests, %d x 429 (%d after the first second, %d after the first throttled second), wall %v, fastest %v, failed %d %v",
+		res.Calls, len(res.Attempts), res.Throttled(), res.ThrottledAfter(time.Second), learnt,
+		res.Wall.Round(time.Millisecond), fastest, res.Failed, res.Errors)
+	assert.Zero(t, res.Failed, "every call succeeds: %v", res.Errors)
+	assert.LessOrEqual(t, res.ThrottledAfter(time.Second), 1, "at most one 429 after the first window")
+	assert.LessOrEqual(t, res.Wall, fastest*3/2, "within 1.5x of the fastest the server allows")
+}
+
+func TestNginxLimitReq(t *testing.T) {
+	ng := startNginx(t)
+	const calls = 40
+	// limit_req rate=10r/s burst=5 nodelay admits 6 at once, then one per
+	// 100 ms: call 40 cannot be admitted before 3.4 s.
+	fastest := time.Duration(calls-6) * 100 * time.Millisecond
+	for _, workers := range []int{4, 16} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			res := naive(t, Job{URL: ng.URL + "/api/items", Key: t.Name(), Calls: calls, Workers: workers})
+			checkLearned(t, res, fastest)
+		})
+	}
+}
+
+func TestNginxCountsEachKey(t *testing.T) {
+	// The harness itself: without a limiter, 10 calls at once to the
+	// limited location earn exactly 4 x 429 (burst=5 admits 6), and each
+	// key has its own bucket.
+	ng := startNginx(t)
+	for _, key := range []string{"a", "b"} {
+		counter := NewCounter(nil)
+		res := Run(context.Background(), &http.Client{Transport: counter}, counter,
+			Job{URL: ng.URL + "/api/items", Key: key, Calls: 10, Workers: 1})
+		assert.Equal(t, 4, res.Throttled(), "key %s", key)
+		assert.Equal(t, 4, res.Failed, "key %s", key)
+	}
+}
+
+func TestHTTPRate(t *testing.T) {
+	h, origin := HTTPRate(10, time.Second)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	const calls = 40
+	for _, workers := range []int{4, 16} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			// httprate's fastest depends on where in its window the job
+			// starts: from 3.0 to 4.0 s.
+			fastest := HTTPRateFastest(origin, time.Now(), calls, 10, time.Second)
+			res := naive(t, Job{URL: srv.URL + "/api/items", Key: t.Name(), Calls: calls, Workers: workers})
+			checkLearned(t, res, fastest)
+		})
+	}
+}
+
+func TestHTTPRateFastest(t *testing.T) {
+	// The phase decides: from the start of one of httprate's windows, the
+	// first 10 calls fill it, and their count weighs on the next.
+	origin := time.Unix(1_800_000_000, 300_000_000)
+	ms := float64(time.Millisecond)
+	assert.InDelta(t, 3950*ms, float64(HTTPRateFastest(origin, origin, 40, 10, time.Second)), ms)
+	assert.InDelta(t, 3950*ms, float64(HTTPRateFastest(origin, origin.Add(time.Hour), 40, 10, time.Second)), ms)
+	assert.InDelta(t, 3450*ms, float64(HTTPRateFastest(origin, origin.Add(500*time.Millisecond), 40, 10, time.Second)), ms)
+	assert.Equal(t, time.Duration(0), HTTPRateFastest(origin, origin, 10, 10, time.Second))
+}
