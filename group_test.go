@@ -498,3 +498,18 @@ func TestGroupRefind(t *testing.T) {
 	assert.False(t, g.Allow("a"), "limit 2: the call counted once")
 	assert.NotNil(t, g.refind("idle", idle.l), "no caller held idle's limiter: a new one")
 }
+
+func TestGroupAcquireN(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 5, w)
+	p, l, err := g.acquireN(context.Background(), "a", 3)
+	require.NoError(t, err)
+	assert.Same(t, l, g.Get("a"))
+	assert.Equal(t, 2, l.Remaining(), "a weight of 3 in flight")
+	c.Advance(2 * w)
+	assert.Equal(t, 1, g.Len(), "a permit in flight holds the key")
+	p.Done()
+	assert.Equal(t, 2, l.Remaining(), "the weight counts from Done")
+	c.Advance(w)
+	assert.Equal(t, 0, g.Len())
+}
