@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 )
 
 // The upkeep of a Group, dropping idle limiters and moving members into a
@@ -39,7 +40,8 @@ const (
 // tenant), each with the rules and options given to NewGroup. A key's
 // Limiter is made on its first use and dropped once it is idle: nothing in
 // any window, nothing in flight, no waiter and no pause, and not returned
-// by Get within the longest window of the rules.
+// by Get within the longest window of the rules. A dropped limiter that a
+// caller still holds comes back as the key's limiter (see Get).
 //
 // Idle limiters are dropped lazily, a few at a time, so that no call does
 // work that grows with the number of keys: each call that adds a key
@@ -66,6 +68,11 @@ type Group struct {
 	moved int // slots of old already moved into cur
 	hand  int // the slot of cur that the sweep examines next
 
+	// ghosts holds, weakly, the limiter of each ghost in the tables: the
+	// member that takes the place of a dropped one whose limiter Get had
+	// returned, so that a caller still holding it gets it back.
+	ghosts map[*member]weak.Pointer[Limiter]
+
 	// cur holds the group's members. old, when not nil, is the table cur
 	// replaces: its members move into cur a few at each step of upkeep,
 	// and it is never changed. Lookups read both without a lock, cur
@@ -80,9 +87,13 @@ type Group struct {
 	grace time.Duration // the longest window of the rules, or drain of a full bucket
 }
 
-// member is one key's Limiter in a Group: 32 bytes.
+// member is one key's Limiter in a Group: 32 bytes. A ghost is a member
+// without a limiter, dropped, that takes the place in the tables of a
+// dropped member whose limiter Get had returned; Group.ghosts holds that
+// limiter weakly, and lookupLocked revives it. The tombstone takes the
+// place of other dropped members.
 type member struct {
-	l   *Limiter
+	l   *Limiter // nil: a ghost, or the tombstone
 	key string
 
 	// word holds, as got<<2 | state, the instant at which Get last
@@ -108,7 +119,7 @@ const noGet = math.MinInt64 >> 2
 
 // packGot returns the word of got and state; got is clamped to what fits.
 func packGot(got time.Duration, state int64) int64 {
-	return int64(min(max(got, noGet+1), math.MaxInt64>>2))<<2 | state
+	return int64(min(max(got, noGet), math.MaxInt64>>2))<<2 | state
 }
 
 func (e *member) state() int64 { return e.word.Load() & stateMask }
@@ -126,9 +137,10 @@ func NewGroup(limit int, window time.Duration, opts ...Option) (*Group, error) {
 		return nil, err
 	}
 	g := &Group{
-		seed:  maphash.MakeSeed(),
-		cfg:   cfg,
-		epoch: cfg.clock.Now(),
+		ghosts: make(map[*member]weak.Pointer[Limiter]),
+		seed:   maphash.MakeSeed(),
+		cfg:    cfg,
+		epoch:  cfg.clock.Now(),
 	}
 	for _, r := range cfg.rules {
 		g.grace = max(g.grace, r.size)
@@ -143,11 +155,12 @@ func NewGroup(limit int, window time.Duration, opts ...Option) (*Group, error) {
 // Get returns the Limiter of key, making it if the key has none. It
 // returns the same *Limiter for a key while that limiter is in use (a call
 // in one of its windows or buckets, a permit in flight, a waiter, a
-// pause), so no count is ever lost, and for at least the longest window
-// of the rules after Get last returned it, so a caller may Get a limiter
-// and use it soon after. A limiter kept longer and left idle may have
-// been dropped; its later calls then no longer count for the key. Call
-// Get for each use rather than keeping its result.
+// pause), and while a caller still holds one that Get returned: the Group
+// keeps a limiter that Get returned for the longest window of the rules
+// after, and once it is idle and dropped, it remembers it weakly, so that
+// if its holder uses it again, the key's next call finds it and its calls
+// count for the key. No count is lost. Calling Get for each use, rather
+// than keeping its result, lets the Group forget idle limiters sooner.
 func (g *Group) Get(key string) *Limiter {
 	for {
 		e := g.find(key)
@@ -175,8 +188,8 @@ func (g *Group) touch(e *member, now time.Duration) bool {
 // Allow reports whether a call for key may happen now, and if so counts
 // it, as the key's Limiter.Allow does. It never blocks.
 func (g *Group) Allow(key string) bool {
+	e := g.find(key)
 	for {
-		e := g.find(key)
 		if !e.l.Allow() {
 			return false
 		}
@@ -185,15 +198,28 @@ func (g *Group) Allow(key string) bool {
 			return true
 		}
 		// A sweep dropped the limiter, idle, just as Allow counted the
-		// call on it: the count went with it. Ask the key's new limiter.
+		// call on it: the count went with it, unless the key gets that
+		// limiter back (see Get). Else ask the key's new limiter.
+		if e = g.refind(key, e.l); e == nil {
+			return true
+		}
 	}
+}
+
+// refind returns the member of key after a sweep dropped the limiter l
+// that a call was just counted on, or nil if l is the key's limiter again.
+func (g *Group) refind(key string, l *Limiter) *member {
+	if e := g.find(key); e.l != l {
+		return e
+	}
+	return nil
 }
 
 // Wait blocks until a call for key is admitted, as the key's Limiter.Wait
 // does, and returns its error.
 func (g *Group) Wait(ctx context.Context, key string) error {
+	e := g.find(key)
 	for {
-		e := g.find(key)
 		if err := e.l.Wait(ctx); err != nil {
 			return err
 		}
@@ -202,15 +228,23 @@ func (g *Group) Wait(ctx context.Context, key string) error {
 			return nil
 		}
 		// Dropped as Wait counted the call at once; see Allow.
+		if e = g.refind(key, e.l); e == nil {
+			return nil
+		}
 	}
 }
 
-// acquire is Acquire on the key's limiter, which it also returns, for the
-// Transport to pause. While the permit is in flight the limiter is in use.
+// acquire is acquireN of weight 1.
 func (g *Group) acquire(ctx context.Context, key string) (Permit, *Limiter, error) {
+	return g.acquireN(ctx, key, 1)
+}
+
+// acquireN is AcquireN on the key's limiter, which it also returns, for the
+// Transport to pause. While the permit is in flight the limiter is in use.
+func (g *Group) acquireN(ctx context.Context, key string, n int) (Permit, *Limiter, error) {
+	e := g.find(key)
 	for {
-		e := g.find(key)
-		p, err := e.l.Acquire(ctx)
+		p, err := e.l.AcquireN(ctx, n)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -218,7 +252,12 @@ func (g *Group) acquire(ctx context.Context, key string) (Permit, *Limiter, erro
 			g.tend()
 			return p, e.l, nil
 		}
-		p.Cancel() // the limiter was dropped as it granted the permit; see Allow
+		// Dropped as it granted the permit; see Allow.
+		l := e.l
+		if e = g.refind(key, l); e == nil {
+			return p, l, nil
+		}
+		p.Cancel()
 	}
 }
 
@@ -289,18 +328,73 @@ func (g *Group) findSlow(key string, h uint64) *member {
 }
 
 // lookupLocked returns the live member of key, or nil. cur holds no dropped
-// member, old may: a member of old that was moved into cur and then
-// dropped. g.mu must be held.
+// member but ghosts, old may hold dropped ones: members moved into cur and
+// dropped there since. A ghost whose limiter a caller still holds comes
+// back as the key's member; one whose limiter is gone is forgotten. g.mu
+// must be held.
 func (g *Group) lookupLocked(key string, h uint64) *member {
-	if e := g.cur.Load().get(key, h); e != nil {
+	if s := g.cur.Load().slotOf(key, h); s != nil {
+		e := s.e.Load()
+		if e.l == nil { // a ghost
+			e = g.reviveLocked(e)
+			if e == nil {
+				s.e.Store(tombstone)
+				return nil
+			}
+			s.e.Store(e)
+		}
 		return e
 	}
 	if old := g.old.Load(); old != nil {
-		if e := old.get(key, h); e != nil && e.state() != memberDropped {
+		switch e := old.get(key, h); {
+		case e == nil:
+		case e.l == nil: // a ghost, which moving would have put in cur
+			if e = g.reviveLocked(e); e != nil {
+				g.cur.Load().put(e, h)
+			}
+			return e
+		case e.state() != memberDropped:
 			return e
 		}
 	}
 	return nil
+}
+
+// reviveLocked forgets ghost, and returns a live member for its limiter
+// if the limiter still exists: a caller may hold it. g.mu must be held.
+func (g *Group) reviveLocked(ghost *member) *member {
+	l := g.ghosts[ghost].Value()
+	delete(g.ghosts, ghost)
+	if l == nil {
+		return nil
+	}
+	e := &member{l: l, key: ghost.key}
+	e.word.Store(ghost.word.Load() &^ stateMask) // live, with the got it had
+	g.held++
+	return e
+}
+
+// buryLocked returns what takes the place of e, just dropped, in the
+// tables: a ghost if Get returned e's limiter, which a caller may still
+// hold, else the tombstone. g.mu must be held.
+func (g *Group) buryLocked(e *member) *member {
+	w := e.word.Load()
+	if w>>2 == noGet {
+		return tombstone
+	}
+	ghost := &member{key: e.key}
+	ghost.word.Store(w) // dropped, with the got of e
+	g.ghosts[ghost] = weak.Make(e.l)
+	return ghost
+}
+
+// haunts reports whether ghost's limiter still exists. g.mu must be held.
+func (g *Group) haunts(ghost *member) bool {
+	if g.ghosts[ghost].Value() != nil {
+		return true
+	}
+	delete(g.ghosts, ghost)
+	return false
 }
 
 // addLocked adds a member for key, whose hash is h, after a step of
@@ -341,7 +435,7 @@ func (g *Group) upkeepLocked(n int) {
 	now := g.since()
 	g.moveLocked(n, now)
 	g.sweepLocked(n, now)
-	if cur := g.cur.Load(); g.old.Load() == nil && cur.len() > minSlots && 8*g.held < cur.len() {
+	if cur := g.cur.Load(); g.old.Load() == nil && cur.len() > minSlots && 8*(g.held+len(g.ghosts)) < cur.len() {
 		g.growLocked()
 	}
 }
@@ -358,7 +452,8 @@ func (g *Group) upkeepLocked(n int) {
 // needed during a move. g.mu must be held.
 func (g *Group) growLocked() {
 	cur := g.cur.Load()
-	n := 1 << bits.Len(uint(2*(g.held+1)-1)) // the power of two >= 2*(held+1)
+	m := g.held + len(g.ghosts) + 1
+	n := 1 << bits.Len(uint(2*m-1)) // the power of two >= 2*m
 	n = min(max(n, cur.len()/2, minSlots), 2*cur.len())
 	g.old.Store(cur) // before cur, so that a lookup always finds one of them
 	g.cur.Store(newMemberTable(n))
@@ -383,9 +478,17 @@ func (g *Group) moveLocked(n int, now time.Duration) {
 		}
 		e := s.e.Load()
 		switch {
-		case e == nil || e == tombstone || e.state() == memberDropped:
+		case e == nil || e == tombstone:
+		case e.l == nil: // a ghost
+			if g.haunts(e) {
+				cur.put(e, s.hash.Load())
+			}
+		case e.state() == memberDropped: // moved, then dropped from cur
 		case g.dropIdleLocked(e, now):
 			g.held--
+			if x := g.buryLocked(e); x != tombstone {
+				cur.put(x, s.hash.Load())
+			}
 		default:
 			cur.put(e, s.hash.Load())
 		}
@@ -405,8 +508,14 @@ func (g *Group) sweepLocked(n int, now time.Duration) {
 		if s == nil {
 			continue
 		}
-		if e := s.e.Load(); e != nil && e != tombstone && g.dropIdleLocked(e, now) {
-			s.e.Store(tombstone)
+		switch e := s.e.Load(); {
+		case e == nil || e == tombstone:
+		case e.l == nil: // a ghost
+			if !g.haunts(e) {
+				s.e.Store(tombstone)
+			}
+		case g.dropIdleLocked(e, now):
+			s.e.Store(g.buryLocked(e))
 			g.held--
 		}
 	}
@@ -536,6 +645,24 @@ func (t *memberTable) get(key string, h uint64) *member {
 		e := s.e.Load()
 		if e == nil || s.hash.Load() == h && e != tombstone && e.key == key {
 			return e
+		}
+	}
+}
+
+// slotOf returns the slot of key, whose hash is h, or nil. Group.mu must
+// be held.
+func (t *memberTable) slotOf(key string, h uint64) *memberSlot {
+	for i := h & t.mask; ; i = (i + 1) & t.mask {
+		s := t.at(i)
+		if s == nil {
+			return nil
+		}
+		e := s.e.Load()
+		if e == nil {
+			return nil
+		}
+		if s.hash.Load() == h && e != tombstone && e.key == key {
+			return s
 		}
 	}
 }

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -80,7 +81,7 @@ func TestGroupDropsIdleKeys(t *testing.T) {
 	assert.Equal(t, 2, g.Len(), "a is idle, but Get returned it 10s after t0")
 	c.Set(t0.Add(10*time.Second + w))
 	assert.Equal(t, 0, g.Len(), "a and b idle, Get's grace over")
-	assert.NotSame(t, a, g.Get("a"), "a dropped key gets a new limiter")
+	assert.Same(t, a, g.Get("a"), "a dropped key gets back the limiter a caller holds")
 	assert.Equal(t, 1, g.Len())
 }
 
@@ -374,7 +375,11 @@ func concurrentGrowAndSweep(t *testing.T, limit, keys, rounds, lenEvery int) {
 				defer wg.Done()
 				for i := range rounds * keys {
 					k := (i*7 + w*1009) % keys
-					if g.Allow("key" + strconv.Itoa(k)) {
+					allow := g.Allow
+					if w%2 == 1 {
+						allow = func(key string) bool { return g.Get(key).Allow() }
+					}
+					if allow("key" + strconv.Itoa(k)) {
 						admitted[k].Add(1)
 					}
 					if i%lenEvery == 0 {
@@ -431,4 +436,80 @@ func TestGroupKeepsAKeyWhileItsBucketHoldsCalls(t *testing.T) {
 	assert.Equal(t, 1, g.Len(), "out of the window, still in the bucket")
 	c.Advance(time.Nanosecond)
 	assert.Equal(t, 0, g.Len(), "the bucket has drained")
+}
+
+// TestGroupGivesBackAHeldLimiter checks that a limiter Get returned, held
+// by a caller past its grace, dropped as idle and used again, becomes the
+// key's limiter again: its calls count for the key.
+func TestGroupGivesBackAHeldLimiter(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 2, w)
+	l := g.Get("a")
+	c.Advance(w)
+	require.Equal(t, 0, g.Len(), "idle and past Get's grace: dropped")
+	require.True(t, l.Allow(), "its holder uses it again")
+	assert.Same(t, l, g.Get("a"), "the key gets back the limiter its holder used")
+	assert.Equal(t, 1, g.Len())
+	assert.True(t, g.Allow("a"))
+	assert.False(t, g.Allow("a"), "the holder's call counts for the key: limit 2")
+
+	// Dropped again, used by its holder, and found by Allow this time.
+	c.Advance(2 * w)
+	require.Equal(t, 0, g.Len())
+	require.True(t, l.Allow())
+	assert.True(t, g.Allow("a"))
+	assert.False(t, g.Allow("a"), "the holder's call counts for the key")
+	assert.Equal(t, 2, l.Stats().InWindow)
+}
+
+// TestGroupForgetsLimitersNobodyHolds checks that what the group keeps of
+// a dropped limiter that Get returned goes once no caller holds it.
+func TestGroupForgetsLimitersNobodyHolds(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 2, w)
+	for i := range 100 {
+		require.True(t, g.Get("k"+strconv.Itoa(i)).Allow())
+	}
+	c.Advance(w)
+	require.Equal(t, 0, g.Len())
+	held := func() int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.ghosts) }
+	require.Equal(t, 100, held(), "a dropped limiter that Get returned is kept in mind, weakly")
+	runtime.GC()
+	runtime.GC()
+	assert.Equal(t, 0, g.Len())
+	assert.Equal(t, 0, held(), "nobody held them: forgotten")
+}
+
+// TestGroupRefind checks what a call counted on a limiter that a sweep
+// dropped meanwhile does next: nothing more when the key gets that limiter
+// back, else ask the key's new limiter.
+func TestGroupRefind(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 2, w)
+	l := g.Get("a")
+	idle := g.find("idle")
+	c.Advance(w)
+	e := g.find("a")
+	require.Equal(t, 0, g.Len(), "both dropped")
+	require.True(t, e.l.Allow(), "a call counted as the sweep dropped the limiter")
+	require.False(t, g.kept(e))
+	assert.Nil(t, g.refind("a", l), "the key got l back: the call counts there")
+	assert.True(t, g.Allow("a"))
+	assert.False(t, g.Allow("a"), "limit 2: the call counted once")
+	assert.NotNil(t, g.refind("idle", idle.l), "no caller held idle's limiter: a new one")
+}
+
+func TestGroupAcquireN(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 5, w)
+	p, l, err := g.acquireN(context.Background(), "a", 3)
+	require.NoError(t, err)
+	assert.Same(t, l, g.Get("a"))
+	assert.Equal(t, 2, l.Remaining(), "a weight of 3 in flight")
+	c.Advance(2 * w)
+	assert.Equal(t, 1, g.Len(), "a permit in flight holds the key")
+	p.Done()
+	assert.Equal(t, 2, l.Remaining(), "the weight counts from Done")
+	c.Advance(w)
+	assert.Equal(t, 0, g.Len())
 }
