@@ -230,12 +230,7 @@ func (c *trip) acquireConn() (Permit, error) {
 		// sweeps idle keys now and then; a weight needs AcquireN on the
 		// key's limiter, which Get keeps for at least a window.
 		var l *Limiter
-		if c.cost == 1 {
-			p, l, err = c.t.group.acquire(c.ctx, c.key)
-		} else {
-			l = c.t.group.Get(c.key)
-			p, err = l.AcquireN(c.ctx, c.cost)
-		}
+		p, l, err = c.t.group.acquireN(c.ctx, c.key, c.cost)
 		if l != nil {
 			c.pauser, c.stats = l, l
 		}

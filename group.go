@@ -234,11 +234,6 @@ func (g *Group) Wait(ctx context.Context, key string) error {
 	}
 }
 
-// acquire is acquireN of weight 1.
-func (g *Group) acquire(ctx context.Context, key string) (Permit, *Limiter, error) {
-	return g.acquireN(ctx, key, 1)
-}
-
 // acquireN is AcquireN on the key's limiter, which it also returns, for the
 // Transport to pause. While the permit is in flight the limiter is in use.
 func (g *Group) acquireN(ctx context.Context, key string, n int) (Permit, *Limiter, error) {

@@ -251,18 +251,21 @@ type Limiter struct {
 	last        time.Duration // the latest instant seen; time never runs backwards
 	queue       waitQueue
 
+	// Set by New, read-only after.
+	maxWaiters int
+	maxWeight  int // the heaviest call the rules can ever admit
+
+	// What a refused Allow reads comes last, so that it shares a cache line.
+
 	// gate is the earliest instant at which Allow could admit a call: a
 	// reading before it is refused without the lock. It is math.MinInt64
 	// when a call may go at once and never while callers wait. Written
 	// under mu by unlock.
 	gate atomic.Int64
-
 	// Set by New, read-only after.
-	clock      Clock
-	system     bool      // clock is SystemClock: read time with time.Since
-	epoch      time.Time // instants are durations since epoch
-	maxWaiters int
-	maxWeight  int // the heaviest call the rules can ever admit
+	clock  Clock
+	system bool      // clock is SystemClock: read time with time.Since
+	epoch  time.Time // instants are durations since epoch
 }
 
 // New returns a Limiter that admits at most limit calls in any interval of
