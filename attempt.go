@@ -35,6 +35,8 @@ type trip struct {
 	pauser   Pauser
 	stats    statser
 	admitted time.Time // when it passed the gate, on its way to its permits
+	seq      int64     // the learner's seq once it was admitted
+	before   int       // the attempts in flight when it was admitted
 	probe    bool      // it goes alone, after a reset, to learn the server's state
 }
 
@@ -169,6 +171,7 @@ func (c *trip) admit(gen int) bool {
 	ok := open && ln.gen == gen
 	if ok {
 		c.probe = ln.admit(c.cost)
+		c.seq, c.before = ln.seq, c.conn.inflight
 		c.conn.inflight++
 	}
 	c.conn.mu.Unlock()
@@ -363,42 +366,44 @@ func (c *trip) classify(resp *http.Response) verdict {
 		hk.readQuota(resp.Header, srv)
 	}
 	v := c.t.classify(resp, srv, c.throttles, hk)
+	if refill := c.learn(resp, now, v, hk); refill > 0 && !v.throttled && v.pause > 0 {
+		// A spent quota that refills as it goes frees a call each pace.
+		v.pause = refill
+	}
 	if v.pause > 0 && c.pauser != nil {
 		c.pauser.PauseUntil(now.Add(min(v.pause, c.t.maxRetryAfter())))
 	}
-	c.learn(resp, now, srv, v, hk)
 	// Done after the pause: the call keeps the limiter in use, so a
 	// Group cannot have dropped the limiter that was just paused.
 	c.permits.done()
 	return v
 }
 
-// learn updates what the Transport knows of the server from resp.
-func (c *trip) learn(resp *http.Response, now, srv time.Time, v verdict, hk headerKinds) {
+// learn updates what the Transport knows of the server from resp, and
+// returns how long a spent quota holds calls back when the server's quota
+// refills as it goes (0: until its reset).
+func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKinds) (refill time.Duration) {
 	if c.t.DisableLearning {
-		return
-	}
-	var cfg Stats // the connection's first rule, to fit a pacing or weigh a policy
-	hasCfg := c.stats != nil
-	if hasCfg && (v.throttled || hk.policy) {
-		cfg = c.stats.Stats()
+		return 0
 	}
 	c.conn.mu.Lock()
 	defer c.conn.mu.Unlock()
 	c.conn.inflight--
 	ln := &c.conn.learn
+	ln.configure(c.stats)
 	if v.throttled {
-		ln.tighten(now, c.admitted, cfg, c.clock)
+		ln.tighten(now, c.admitted, c.clock)
 	} else {
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
-		ln.observe(resp.Header, hk, now, v.throttled, c.conn.inflight, c.t.maxRetryAfter(), cfg, hasCfg, c.clock)
+		ln.observe(resp.Header, hk, now, v.throttled, c.probe, c.seq, c.before, c.t.maxRetryAfter(), c.clock)
 	}
 	if c.probe {
 		ln.endProbe()
 		c.probe = false
 	}
+	return ln.refillWait()
 }
 
 // mayRetry reports whether a throttled request is to be sent again, after

@@ -147,13 +147,23 @@ func TestGroupGetGraceIsTheLongestWindow(t *testing.T) {
 	assert.Equal(t, 0, g.Len())
 }
 
+func TestGroupGetGraceIsABucketsDrain(t *testing.T) {
+	g, c := newTestGroup(t, 50, time.Second, WithBucket(10, time.Second))
+	a := g.Get("a")
+	c.Advance(10*time.Second - time.Nanosecond)
+	assert.Equal(t, 1, g.Len(), "Get's limiter is kept while a full bucket would drain")
+	assert.Same(t, a, g.Get("a"))
+	c.Advance(10 * time.Second)
+	assert.Equal(t, 0, g.Len())
+}
+
 // TestGroupKept checks what a call that found a member before a sweep
 // learns afterwards.
 func TestGroupKept(t *testing.T) {
 	g, c := newTestGroup(t, 5, time.Second)
-	idle := g.find("idle")
 	busy := g.find("busy")
 	require.True(t, busy.l.Allow())
+	idle := g.find("idle") // adding a key drops idle ones: busy is not
 	assert.True(t, g.kept(idle))
 	assert.True(t, g.kept(busy))
 	assert.Equal(t, 1, g.Len())
@@ -163,6 +173,13 @@ func TestGroupKept(t *testing.T) {
 	c.Advance(time.Second)
 	assert.Equal(t, 0, g.Len())
 	assert.False(t, g.kept(busy))
+}
+
+// held returns the keys g holds, without the upkeep that Len does.
+func held(g *Group) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.held
 }
 
 // TestGroupSweepsWithoutLen checks that normal calls drop idle keys, so
@@ -176,11 +193,9 @@ func TestGroupSweepsWithoutLen(t *testing.T) {
 		require.Same(t, keep, g.Get("kept"), "Get within a window of the last Get")
 		c.Advance(w / 2)
 	}
-	g.mu.Lock()
-	n := len(g.list)
-	g.mu.Unlock()
-	assert.LessOrEqual(t, n, 2*minSweep+2, "keys held after 5000 keys, one in use at a time")
-	assert.LessOrEqual(t, len(g.read.Load().slots), 4*n, "the published table shrank with the keys")
+	// In use: kept, and the last two keys, whose calls still count.
+	assert.LessOrEqual(t, held(g), 2*3, "keys held after 5000 keys, three in use at a time")
+	assert.LessOrEqual(t, g.cur.Load().len(), 32, "the table follows the keys: four slots a key at most")
 }
 
 // TestGroupWaitSweeps checks that a group whose keys stop changing still
@@ -192,17 +207,14 @@ func TestGroupWaitSweeps(t *testing.T) {
 	}
 	c.Advance(time.Second)
 	ctx := context.Background()
-	held := func() int {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return len(g.list)
-	}
-	require.Equal(t, 100, held())
-	// The odds of no sweep in 100,000 calls are below 1e-20.
-	for i := 0; i < 100000 && held() > 1; i++ {
+	require.Equal(t, 100, held(g))
+	// A revolution of the hand over the table of 512 slots or fewer takes
+	// 32 steps, about 2,000 calls: the odds of no revolution in 100,000
+	// calls are below 1e-20.
+	for i := 0; i < 100000 && held(g) > 1; i++ {
 		require.NoError(t, g.Wait(ctx, "k0"))
 	}
-	assert.Equal(t, 1, held(), "only the key in use is held")
+	assert.Equal(t, 1, held(g), "only the key in use is held")
 }
 
 // TestGroupConcurrentQuota runs Allow on a few keys from many goroutines
@@ -243,98 +255,180 @@ func TestGroupConcurrentQuota(t *testing.T) {
 	}
 }
 
-func benchKeys(n int) []string {
-	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = "api-" + strconv.Itoa(i) + ".example.com"
+func TestGroupZeroValuePanics(t *testing.T) {
+	var g Group
+	ctx := context.Background()
+	for name, call := range map[string]func(){
+		"Allow": func() { g.Allow("a") },
+		"Wait":  func() { _ = g.Wait(ctx, "a") },
+		"Get":   func() { g.Get("a") },
+		"Len":   func() { g.Len() },
+	} {
+		assert.PanicsWithValue(t, errZeroGroup, call, name)
 	}
-	return keys
 }
 
-func BenchmarkGroupAllow(b *testing.B) {
-	const live = 10000
-	keys := benchKeys(live)
-	b.Run("Limiter", func(b *testing.B) {
-		l, err := New(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
+// idleKeys returns a group holding n keys with one call each, all of
+// them idle: the window has passed.
+func idleKeys(t *testing.T, n int) (*Group, *ManualClock) {
+	t.Helper()
+	g, c := newTestGroup(t, 5, time.Second)
+	for i := range n {
+		require.True(t, g.Allow("idle"+strconv.Itoa(i)))
+	}
+	c.Advance(time.Second)
+	require.Equal(t, n, held(g), "no key was idle while they were added")
+	return g, c
+}
+
+// TestGroupAddSweepsBounded checks that a call adding a key drops a few
+// idle keys, not all of them, and that calls adding keys go on until every
+// idle key is dropped.
+func TestGroupAddSweepsBounded(t *testing.T) {
+	const n = 5000
+	g, _ := idleKeys(t, n)
+	require.True(t, g.Allow("new0"))
+	dropped := n + 1 - held(g)
+	assert.LessOrEqual(t, dropped, addStep+addStep/2, "one call examines a bounded number of keys")
+	for i := 1; held(g) > i; i++ {
+		require.Less(t, i, 10*n, "idle keys still held after %d new keys", i)
+		require.True(t, g.Allow("new"+strconv.Itoa(i)))
+	}
+	assert.Less(t, g.cur.Load().len(), 4*n, "the table shrank as the idle keys went")
+}
+
+// TestGroupLenBounded checks that Len examines a bounded number of keys
+// per call, and that calling it again and again sees idle keys go, and the
+// table shrink back to its smallest size.
+func TestGroupLenBounded(t *testing.T) {
+	const n = 20000 // a table of chunks
+	g, _ := idleKeys(t, n)
+	size := g.cur.Load().len()
+	first := g.Len()
+	assert.GreaterOrEqual(t, first, n-lenStep, "one Len examines at most lenStep slots")
+	assert.Less(t, first, n, "Len drops idle keys")
+	for i := 0; g.Len() > 0; i++ {
+		require.Less(t, i, 4*n/lenStep+1, "Len still counts idle keys after %d calls", i)
+	}
+	for i := 0; g.cur.Load().len() > minSlots || g.old.Load() != nil; i++ {
+		// Each halving moves the table, lenStep slots a Len.
+		require.Less(t, i, 2*size/lenStep+20, "table of %d slots after %d Len", g.cur.Load().len(), i)
+		assert.Equal(t, 0, g.Len())
+	}
+}
+
+// TestGroupGrowKeepsEveryLimiter checks that members moved into a larger
+// table, a few slots at a time, keep their limiters and their counts.
+func TestGroupGrowKeepsEveryLimiter(t *testing.T) {
+	const n = 30000 // up to a table of chunks
+	g, _ := newTestGroup(t, 2, time.Minute)
+	ls := make([]*Limiter, n)
+	for i := range ls {
+		k := "k" + strconv.Itoa(i)
+		require.True(t, g.Allow(k))
+		ls[i] = g.Get(k)
+		if i%16 == 0 { // every key added so far is found, during a move or not
+			j := i / 2
+			require.Same(t, ls[j], g.Get("k"+strconv.Itoa(j)), "key %d after %d keys", j, i)
 		}
-		for l.Allow() {
-		}
-		b.ReportAllocs()
-		for b.Loop() {
-			l.Allow()
-		}
-	})
-	b.Run("Limiters=10000", func(b *testing.B) {
-		ls := make([]*Limiter, live)
-		for i := range ls {
-			ls[i], _ = New(DefaultLimit, DefaultWindow)
-			for ls[i].Allow() {
-			}
-		}
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			ls[i].Allow()
-			if i++; i == live {
-				i = 0
-			}
-		}
-	})
-	b.Run("Group/keys=10000/same", func(b *testing.B) {
-		g, err := NewGroup(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, k := range keys {
-			for g.Allow(k) {
-			}
-		}
-		k := keys[live/2]
-		b.ReportAllocs()
-		for b.Loop() {
-			g.Allow(k)
-		}
-	})
-	b.Run("Group/keys=10000/parallel", func(b *testing.B) {
-		g, err := NewGroup(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, k := range keys {
-			for g.Allow(k) {
-			}
-		}
-		var seq atomic.Int64
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			i := int(seq.Add(7919)) % live
-			for pb.Next() {
-				g.Allow(keys[i])
-				if i++; i == live {
-					i = 0
-				}
-			}
+	}
+	assert.Equal(t, n, held(g))
+	assert.GreaterOrEqual(t, 3*g.cur.Load().len(), 4*n, "the table grew")
+	require.NotNil(t, g.cur.Load().chunks, "the table is made of chunks")
+	for i, l := range ls {
+		k := "k" + strconv.Itoa(i)
+		require.Same(t, l, g.Get(k), k)
+		require.True(t, g.Allow(k), k)
+		require.False(t, g.Allow(k), "%s: its first call still counts", k)
+	}
+}
+
+// TestGroupConcurrentGrowAndSweep runs Allow over many keys from several
+// goroutines while the table grows, moves and drops idle keys, in two
+// phases with the clock frozen in each: in each phase every key admits
+// exactly its limit, so no call was counted on a limiter that the group
+// lost, and no key had two limiters at once.
+func TestGroupConcurrentGrowAndSweep(t *testing.T) {
+	for _, tc := range []struct{ limit, keys, rounds, lenEvery int }{
+		{2, 3000, 3, 499},
+		{1, 26000, 1, 4999}, // up to a table of chunks
+	} {
+		t.Run(strconv.Itoa(tc.keys), func(t *testing.T) {
+			concurrentGrowAndSweep(t, tc.limit, tc.keys, tc.rounds, tc.lenEvery)
 		})
-	})
-	b.Run("Group/keys=10000/cycle", func(b *testing.B) {
-		g, err := NewGroup(DefaultLimit, DefaultWindow)
-		if err != nil {
-			b.Fatal(err)
+	}
+}
+
+// concurrentGrowAndSweep has four goroutines call Allow on every key of
+// keys, rounds times each, and Len every lenEvery calls, in two phases;
+// see TestGroupConcurrentGrowAndSweep.
+func concurrentGrowAndSweep(t *testing.T, limit, keys, rounds, lenEvery int) {
+	const workers = 4
+	g, c := newTestGroup(t, limit, time.Second)
+	for phase := range 2 {
+		admitted := make([]atomic.Int32, keys)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range rounds * keys {
+					k := (i*7 + w*1009) % keys
+					if g.Allow("key" + strconv.Itoa(k)) {
+						admitted[k].Add(1)
+					}
+					if i%lenEvery == 0 {
+						g.Len()
+					}
+				}
+			}()
 		}
-		for _, k := range keys {
-			for g.Allow(k) {
-			}
+		wg.Wait()
+		for k := range admitted {
+			require.Equal(t, min(limit, rounds*workers), int(admitted[k].Load()), "phase %d key%d", phase, k)
 		}
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			g.Allow(keys[i])
-			if i++; i == live {
-				i = 0
-			}
-		}
-	})
+		c.Advance(time.Second) // every key idle
+	}
+}
+
+// TestGroupKeepsALimiterInUseThroughResizes checks that a limiter with a
+// call in its window stays the key's limiter, after Get's grace, while
+// every other key goes idle, is dropped, and the table shrinks, a move at
+// a time, to its smallest size: its count is never lost.
+func TestGroupKeepsALimiterInUseThroughResizes(t *testing.T) {
+	const w = time.Minute
+	g, c := newTestGroup(t, 2, w)
+	for i := range 5000 {
+		require.True(t, g.Allow("k"+strconv.Itoa(i)))
+	}
+	c.Advance(w / 2)
+	l := g.Get("held") // its grace ends at t0+1.5w
+	c.Advance(w / 4)
+	require.True(t, g.Allow("held")) // counts until t0+1.75w
+	c.Advance(3 * w / 4)
+	for i := 0; g.cur.Load().len() > minSlots || g.old.Load() != nil; i++ {
+		require.Less(t, i, 1000, "table of %d slots", g.cur.Load().len())
+		g.Len()
+	}
+	assert.Equal(t, 1, g.Len())
+	require.Same(t, l, g.Get("held"))
+	assert.Equal(t, 1, l.Stats().InWindow)
+	require.True(t, g.Allow("held"))
+	assert.False(t, g.Allow("held"), "the first call still counts: limit 2")
+	assert.Equal(t, 2, l.Stats().InWindow, "Group.Allow counted on the limiter Get returned")
+}
+
+func TestGroupLenExactForAFewThousandKeys(t *testing.T) {
+	g, _ := idleKeys(t, 3000)
+	require.LessOrEqual(t, g.cur.Load().len(), lenStep)
+	assert.Equal(t, 0, g.Len(), "one Len drops every idle key of a table of lenStep slots")
+}
+
+func TestGroupKeepsAKeyWhileItsBucketHoldsCalls(t *testing.T) {
+	g, c := newTestGroup(t, 100, time.Second, WithBucket(2, time.Minute))
+	require.True(t, g.Allow("a"))
+	c.Advance(time.Minute - time.Nanosecond)
+	assert.Equal(t, 1, g.Len(), "out of the window, still in the bucket")
+	c.Advance(time.Nanosecond)
+	assert.Equal(t, 0, g.Len(), "the bucket has drained")
 }

@@ -56,11 +56,13 @@ const quietSteps = 10
 // key. Its fields are guarded by the connState's mutex.
 type learner struct {
 	// The budget.
-	left    int64     // calls that may still start before resetAt
-	resetAt time.Time // zero: no budget known
-	probe   chan struct{}
-	probing bool // a reset passed: the next call goes alone
-	gen     int  // counts the changes of policy and pace
+	left     int64     // calls that may still start before resetAt
+	resetAt  time.Time // zero: no budget known
+	probe    chan struct{}
+	probing  bool  // a reset passed: the next call goes alone
+	seq      int64 // the weight of the calls ever admitted
+	countSeq int64 // seq when the call whose count set left was admitted
+	gen      int   // counts the changes of policy and pace
 
 	// The policy.
 	policyHdr  string   // the RateLimit-Policy it was made from
@@ -81,18 +83,30 @@ type learner struct {
 	fitting     bool          // burst was fitted to the calls the server accepted
 	fitted      int           // the level burst was fitted to, with the calls accepted late
 	slowed      time.Duration // what the last tighten added to every
-	spentFor    time.Time     // the reset of the budget that last slowed the pace
 	fitCap      int           // the burst a fit may grow to
 	probed      time.Time     // when relaxing last went past the ceiling, until a throttle
 	tried       time.Time     // when relaxing last went past the ceiling, kept
 	quietMul    int           // quietSteps is multiplied by this, doubled by each failed try
 	refusedLast bool          // the latest count came with a refusal
 
+	// The connection's first rule, read once, and its pace, window/limit;
+	// 0 until read, or when the Acquirer does not tell.
+	cfg  Stats
+	step time.Duration
+
+	// Whether the quota refills as it goes (a sliding counter), which a
+	// reset that does not reset shows; then a spent quota holds calls back
+	// for one pace, not until the reset.
+	refill bool
+	peak   int64 // the most calls left that a count said since the last reset
+	spent  bool  // since the last reset, a count left none, or the calls spent them
+
 	// The server's clock: the largest Date - local seen, a lower bound of
 	// the server's time minus ours, since Date is truncated to the second
 	// and made before the response arrives.
 	skew     time.Duration
 	skewOK   bool
+	agree    bool // the latest Date agrees with the local clock
 	lastDate string
 
 	hist      [histSize]time.Duration // Done instants of accepted calls since histEpoch, a ring
@@ -122,13 +136,14 @@ func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, 
 // budgetSpent is told that the budget stopped a call before its reset.
 // While pacing, that means the pace spends the server's quota faster than
 // the server gives it back (a sliding counter whose previous window still
-// weighs): the pace slows by a quarter, once per reset, as after a throttle,
-// but without the refusal.
+// weighs): the pace slows by a quarter, at most once a window, as after a
+// throttle, but without the refusal.
 func (ln *learner) budgetSpent(now time.Time, clock Clock) {
-	if ln.pace == nil || ln.refusedLast || ln.spentFor.Equal(ln.resetAt) {
-		return // a refusal set the budget, and slowed the pace already
+	if ln.pace == nil || ln.refusedLast || now.Sub(ln.throttled) < ln.relax {
+		// A refusal set the budget, and slowed the pace already, or
+		// something slowed it less than a window ago.
+		return
 	}
-	ln.spentFor = ln.resetAt
 	ln.every += ln.every / 4
 	ln.changed, ln.throttled = now, now
 	ln.repace(clock)
@@ -151,6 +166,7 @@ func (ln *learner) repace(clock Clock) {
 // admit counts a call of weight n that the gate let through against the
 // budget, and reports whether it is the probe. The gate must be open.
 func (ln *learner) admit(n int) (isProbe bool) {
+	ln.seq += int64(n)
 	if !ln.resetAt.IsZero() {
 		ln.left -= int64(n)
 	}
@@ -182,18 +198,17 @@ func (ln *learner) endProbe() {
 }
 
 // observe reads the budget and the policy from a response: hk holds the
-// count it read. now is the local time it arrived, others the calls
-// of this key in flight besides this one, refused whether the server
-// refused the call; a reset further than limit counts as limit.
-func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused bool, others int, limit time.Duration, cfg Stats, hasCfg bool, clock Clock) {
+// count it read. now is the local time it arrived, seq the learner's seq
+// just after the call was admitted, others the calls in flight when it
+// was, refused whether the server refused the call; a reset further than
+// limit counts as limit.
+func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused, probe bool, seq int64, others int, limit time.Duration, clock Clock) {
 	if hk.counted {
-		ln.left, ln.refusedLast = hk.left-int64(others), refused
-		ln.resetAt = now.Add(min(hk.reset, limit))
-		ln.probing = false
+		ln.count(hk, now, refused, probe, seq, others, limit)
 	}
 	if vs := h[hdrRateLimitPolicy]; len(vs) > 0 && vs[0] != ln.policyHdr {
 		ln.policyHdr = vs[0]
-		ln.policy = policyLimiter(policies(vs), cfg, hasCfg, clock)
+		ln.policy = policyLimiter(policies(vs), ln.cfg, ln.step > 0, clock)
 		ln.gen++
 		if ln.policy != nil {
 			ln.policyFull = ln.policy.Remaining()
@@ -205,6 +220,65 @@ func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused
 				}
 			}
 		}
+	}
+}
+
+// count takes the budget from a response's count of calls left: see the
+// top of this file. probe says whether the response answers the first
+// call after a reset.
+func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq int64, others int, limit time.Duration) {
+	if probe {
+		// A quota that was spent before the reset and right after it
+		// refuses, or leaves fewer calls than the reset before it did
+		// (besides those of the calls in flight), did not reset: it
+		// refills as it goes.
+		if ln.spent && (refused || hk.left+int64(others) < ln.peak) {
+			ln.refill = true
+		}
+		ln.peak, ln.spent = 0, false
+	}
+	ln.peak = max(ln.peak, hk.left)
+	ln.spent = ln.spent || hk.left <= 0
+	if seq < ln.countSeq {
+		return // a later call's count came first, and knew more
+	}
+	ln.countSeq = seq
+	// Perhaps not in the count: the calls admitted after this one, and
+	// those in flight when it was, whatever the order in which the server
+	// saw them and their answers came back.
+	ln.left, ln.refusedLast = hk.left-(ln.seq-seq)-int64(others), refused
+	ln.spent = ln.spent || ln.left <= 0
+	reset := min(hk.reset, limit)
+	if d := ln.refillWait(); d > 0 && !refused {
+		// Its reset is no reset: a call frees each pace, and right after
+		// the reset the count is at its highest.
+		reset = d
+	}
+	ln.resetAt = now.Add(reset)
+	ln.probing = false
+}
+
+// refillWait returns, for a quota that refills as it goes, how long a
+// spent quota holds calls back: one pace. Otherwise it returns 0, and a
+// spent quota waits for its reset.
+func (ln *learner) refillWait() time.Duration {
+	switch {
+	case !ln.refill:
+		return 0
+	case ln.pace != nil:
+		return ln.every
+	}
+	return ln.step
+}
+
+// configure remembers the connection's first rule, once, and the pace it
+// sets: window/limit.
+func (ln *learner) configure(s statser) {
+	if ln.step > 0 || s == nil {
+		return
+	}
+	if ln.cfg = s.Stats(); ln.cfg.Limit > 0 && ln.cfg.Window > 0 {
+		ln.step = max(ln.cfg.Window/time.Duration(ln.cfg.Limit), 1)
 	}
 }
 
@@ -245,11 +319,15 @@ func implied(limit int, window time.Duration, p policy) bool {
 }
 
 // serverTime returns the server's time when a response with header h
-// arrived at local time now: from its Date header, as precisely as the
-// Dates seen so far allow. Absolute times in the headers (an HTTP-date,
-// a reset in Unix seconds) are read against it, so a client whose clock
-// is off still waits as long as the server means, and never less.
-// Without a Date, it is now.
+// arrived at local time now. Absolute times in the headers (an HTTP-date,
+// a reset in Unix seconds) are read against it, so that a client whose
+// clock is off still waits as long as the server means. While the Dates
+// agree with the local clock to within their resolution of a second, the
+// local clock is the more precise of the two, and it is now. Otherwise it
+// is the latest bound from below of the server's clock that the Dates give
+// (each is truncated to the second, and made before the response
+// arrived), so that a wait read against it is never shorter than the
+// server's. Without a Date, it is now.
 func (ln *learner) serverTime(h http.Header, now time.Time) time.Time {
 	v, ok := firstValue(h, hdrDate)
 	if !ok {
@@ -260,18 +338,24 @@ func (ln *learner) serverTime(h http.Header, now time.Time) time.Time {
 		ln.lastDate = v
 		if t, err := http.ParseTime(v); err == nil {
 			d := t.Sub(now)
-			// A sample that disagrees by more than a second means that a
-			// clock was set: start again from it.
+			ln.agree = d > -time.Second-dateSlack && d <= dateSlack
+			// A sample that disagrees with the bound by more than a second
+			// means that a clock was set: start again from it.
 			if !ln.skewOK || d > ln.skew || d < ln.skew-2*time.Second {
 				ln.skew, ln.skewOK = d, true
 			}
 		}
 	}
-	if !ln.skewOK {
+	if !ln.skewOK || ln.agree {
 		return now
 	}
 	return now.Add(ln.skew)
 }
+
+// dateSlack is how far a Date may lie outside the second before the
+// response arrived, for a round trip and a server's rounding, and still
+// agree with the local clock.
+const dateSlack = 100 * time.Millisecond
 
 // accepted remembers n calls that the server accepted, done at now, of
 // a call admitted at admitted. A call admitted no later than the refused
@@ -327,8 +411,9 @@ func (ln *learner) level(now time.Time, every time.Duration) int {
 // admitted: see the comment at the top of this file. A call admitted
 // before the last change was admitted by the old pacing, and teaches
 // nothing new.
-func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
-	if cfg.Limit <= 0 || cfg.Window <= 0 || admitted.Before(ln.throttled) {
+func (ln *learner) tighten(now, admitted time.Time, clock Clock) {
+	cfg := ln.cfg
+	if ln.step <= 0 || admitted.Before(ln.throttled) {
 		return
 	}
 	prev, first := ln.burst, ln.pace == nil
@@ -340,7 +425,7 @@ func (ln *learner) tighten(now, admitted time.Time, cfg Stats, clock Clock) {
 	ln.probed = time.Time{}
 	if first {
 		ln.quietMul = 1
-		ln.base = max(cfg.Window/time.Duration(cfg.Limit), 1)
+		ln.base = ln.step
 		ln.every, ln.relax, ln.limit = ln.base, cfg.Window, cfg.Limit
 	}
 	ln.refused, ln.fitting, ln.slowed = admitted, false, 0

@@ -178,20 +178,26 @@ func TestQuotaLeft(t *testing.T) {
 // offsets from t0.
 func fitLearner(offsets ...time.Duration) *learner {
 	ln := &learner{}
+	ln.configure(cfg10)
 	for _, d := range offsets {
 		ln.accepted(t0.Add(d), t0.Add(d), 1, nil)
 	}
 	return ln
 }
 
-var cfg10 = Stats{Limit: 10, Window: time.Second}
+// cfg10 is a connection's limiter of 10 per second.
+type cfg10Stats struct{}
+
+func (cfg10Stats) Stats() Stats { return Stats{Limit: 10, Window: time.Second} }
+
+var cfg10 statser = cfg10Stats{}
 
 // A leaky bucket like nginx's burst=5 accepts 6 at once and refuses the
 // 7th: the fitted pacing is that bucket, at the configured pace.
 func TestTightenFitsABucket(t *testing.T) {
 	c := NewManualClock(t0)
 	ln := fitLearner(0, 0, 0, 0, 0, 0)
-	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	ln.tighten(t0.Add(time.Millisecond), t0, c)
 	assert.Equal(t, 6, ln.burst)
 	assert.Equal(t, 100*time.Millisecond, ln.every)
 	assert.Equal(t, 7, ln.ceiling)
@@ -199,7 +205,7 @@ func TestTightenFitsABucket(t *testing.T) {
 	assert.Equal(t, 6, ln.pace.Remaining())
 
 	// A second throttle from the same burst teaches nothing new.
-	ln.tighten(t0.Add(2*time.Millisecond), t0, cfg10, c)
+	ln.tighten(t0.Add(2*time.Millisecond), t0, c)
 	assert.Equal(t, 6, ln.burst)
 
 	// Relaxing: not past the refused burst within ten quiet windows...
@@ -222,12 +228,12 @@ func TestTightenFitsABucket(t *testing.T) {
 func TestTightenSlowsWhenRefusedEmpty(t *testing.T) {
 	c := NewManualClock(t0)
 	ln := fitLearner(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-	ln.tighten(t0.Add(time.Second), t0.Add(time.Second), cfg10, c)
+	ln.tighten(t0.Add(time.Second), t0.Add(time.Second), c)
 	assert.Equal(t, 1, ln.burst)
 	assert.Equal(t, 125*time.Millisecond, ln.every)
 
 	ln = fitLearner()
-	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	ln.tighten(t0.Add(time.Millisecond), t0, c)
 	assert.Equal(t, 125*time.Millisecond, ln.every, "nothing accepted yet")
 	for range 6 {
 		ln.accepted(t0.Add(time.Millisecond), t0, 1, c)
@@ -242,14 +248,14 @@ func TestTightenSlowsWhenRefusedEmpty(t *testing.T) {
 func TestTightenWhilePacing(t *testing.T) {
 	c := NewManualClock(t0)
 	ln := fitLearner(0, 0, 0, 0, 0, 0, 0, 0)
-	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	ln.tighten(t0.Add(time.Millisecond), t0, c)
 	require.Equal(t, 8, ln.burst)
 	ln.fitting = false
 	at := t0.Add(time.Second)
 	for range 8 {
 		ln.accepted(at, at, 1, c)
 	}
-	ln.tighten(at, at, cfg10, c)
+	ln.tighten(at, at, c)
 	assert.Equal(t, 4, ln.burst, "halved")
 	assert.Equal(t, 1, ln.quietMul)
 	assert.Equal(t, 8, ln.ceiling, "the refused burst is remembered")
@@ -257,7 +263,7 @@ func TestTightenWhilePacing(t *testing.T) {
 	ln.fitting = false
 	at = at.Add(time.Second)
 	ln.accepted(at, at, 1, c)
-	ln.tighten(at, at, cfg10, c)
+	ln.tighten(at, at, c)
 	assert.Equal(t, 1, ln.burst)
 	assert.Equal(t, 125*time.Millisecond, ln.every)
 }
@@ -299,7 +305,7 @@ func TestGroupTransportDropsIdleKeys(t *testing.T) {
 func TestRelaxTryBacksOff(t *testing.T) {
 	c := NewManualClock(t0)
 	ln := fitLearner(0, 0, 0, 0, 0, 0)
-	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	ln.tighten(t0.Add(time.Millisecond), t0, c)
 	require.Equal(t, 6, ln.burst)
 	at := t0.Add(11 * time.Second)
 	ln.relaxStep(at, c)
@@ -308,7 +314,7 @@ func TestRelaxTryBacksOff(t *testing.T) {
 	for range 7 {
 		ln.accepted(at, at, 1, c)
 	}
-	ln.tighten(at, at, cfg10, c)
+	ln.tighten(at, at, c)
 	assert.Equal(t, 2, ln.quietMul)
 	assert.Less(t, ln.burst, 7)
 	ln.fitting = false
@@ -321,23 +327,28 @@ func TestRelaxTryBacksOff(t *testing.T) {
 }
 
 // While pacing, a budget that the calls spend before the reset slows the
-// pace, once per reset; a budget that a refusal set does not.
+// pace, at most once a window; a budget that a refusal set does not.
 func TestBudgetSpentSlowsThePace(t *testing.T) {
 	c := NewManualClock(t0)
 	ln := fitLearner(0, 0)
-	ln.tighten(t0.Add(time.Millisecond), t0, cfg10, c)
+	ln.tighten(t0.Add(time.Millisecond), t0, c)
 	require.Equal(t, 100*time.Millisecond, ln.every)
 	h := mkHeader("X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "1")
 	hk := kindsOf(h)
 	hk.readQuota(h, t0)
-	ln.observe(h, hk, t0, true, 0, time.Minute, cfg10, true, c)
+	ln.observe(h, hk, t0, true, false, ln.seq, 0, time.Minute, c)
 	ln.budgetSpent(t0, c)
 	assert.Equal(t, 100*time.Millisecond, ln.every, "a refusal's count")
-	ln.observe(h, hk, t0, false, 0, time.Minute, cfg10, true, c)
+	ln.observe(h, hk, t0, false, false, ln.seq, 0, time.Minute, c)
 	ln.budgetSpent(t0, c)
+	assert.Equal(t, 100*time.Millisecond, ln.every, "within a window of the throttle")
+	at := t0.Add(time.Second + time.Millisecond) // a window after the throttle
+	ln.budgetSpent(at, c)
 	assert.Equal(t, 125*time.Millisecond, ln.every)
-	ln.budgetSpent(t0, c)
-	assert.Equal(t, 125*time.Millisecond, ln.every, "once per reset")
+	ln.budgetSpent(at.Add(time.Second-1), c)
+	assert.Equal(t, 125*time.Millisecond, ln.every, "at most once a window")
+	ln.budgetSpent(at.Add(time.Second), c)
+	assert.Equal(t, 156250*time.Microsecond, ln.every)
 }
 
 // A budget that resets after the context's deadline fails at once, with

@@ -30,11 +30,23 @@
 // the server's time of Done, or Cancel, which removes it. A process that dies
 // holding permits loses them when their lease ends (WithLease, default 30s).
 //
-// While Redis cannot be reached (a network error, a timeout, a server that is
-// loading or failing over), the failure policy decides: FailClosed (the
-// default) returns the error and admits nothing; FailOpen admits and reports
-// no error; WithFallback admits through a local *limiter.Limiter instead.
-// Each call tries Redis first, so the limiter returns to Redis as soon as it
-// answers. A reply that is lost in the network can only cost a slot, never
-// admit a call twice. Nothing in this package panics on a Redis failure.
+// Each Limiter remembers its own calls that still count. When a script
+// finds that Redis lost them (FLUSHDB, a restart without persistence,
+// eviction), the Limiter puts them back and holds every process for one
+// window of the shortest rule, so a quota that loses its state mid-window
+// stays within its limit while its processes keep calling (README: "Lost
+// state heals"). New reads Redis's maxmemory-policy; see EvictionRisk.
+//
+// While Redis cannot be reached (a network error, no reply within
+// WithTimeout, a server that is loading, failing over or refusing writes),
+// the failure policy decides: FailClosed (the default) returns the error and
+// admits nothing; FailOpen admits and reports no error; WithFallback admits
+// through a local *limiter.Limiter instead, counting against it the calls
+// this process admitted through Redis in its window. Each call tries Redis
+// first, so the limiter returns to Redis as soon as it answers. A Done,
+// Cancel or pause that Redis does not take is kept and written with the
+// next call that reaches it, never dropped; a pause also holds this process
+// back by itself. A reply that is lost in the network can only cost a slot,
+// never admit a call twice. Nothing in this package panics on a Redis
+// failure.
 package redisstore

@@ -40,8 +40,11 @@ func hammer(t *testing.T, l *Limiter) (stop func() (admitted, failed int64)) {
 				p, err := l.Acquire(ctx)
 				cancel()
 				if err != nil {
-					failed.Add(1)
+					// The caller's own deadline (a fallback that has no slot
+					// before it) is no failure of the policy: the flakiness of
+					// an earlier version of this test.
 					if !errors.Is(err, context.DeadlineExceeded) {
+						failed.Add(1)
 						time.Sleep(time.Millisecond) // a dead Redis answers at once; don't spin
 					}
 					continue
@@ -64,7 +67,7 @@ func hammer(t *testing.T, l *Limiter) (stop func() (admitted, failed int64)) {
 func waitReachable(t *testing.T, l *Limiter) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		_, err := l.run(context.Background(), opRemaining, "")
+		_, err := l.decide(context.Background(), opRemaining, 0)
 		return err == nil
 	}, 5*time.Second, 10*time.Millisecond)
 }
@@ -89,7 +92,7 @@ func TestFailClosed(t *testing.T) {
 	assert.Error(t, err)
 	_, err = l.Remaining(ctx)
 	assert.Error(t, err)
-	l.PauseUntil(time.Now().Add(time.Second)) // best effort: no error, no panic
+	l.PauseUntil(time.Now().Add(time.Millisecond)) // no error, no panic; over before the restart
 
 	s.Start()
 	waitReachable(t, l)
@@ -137,18 +140,6 @@ func TestFailOpen(t *testing.T) {
 	_, failed := stop()
 	assert.Zero(t, failed, "FailOpen reports no error")
 
-	// A Redis that hangs: the client's read timeout makes it unreachable,
-	// but a caller whose own deadline ends first gets that, not an admission.
-	s.Freeze()
-	defer s.Thaw()
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	ok, err = l.Allow(short)
-	assert.False(t, ok)
-	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	ok, err = l.Allow(ctx)
-	assert.NoError(t, err)
-	assert.True(t, ok, "admitted after the client's read timeout")
 }
 
 func TestFallback(t *testing.T) {
@@ -161,7 +152,7 @@ func TestFallback(t *testing.T) {
 	l := newTestLimiter(t, c, "fallback", 100, time.Minute, WithFallback(fb), WithFailurePolicy(FailClosed))
 
 	for range 5 {
-		require.True(t, allow(t, l).ok)
+		require.True(t, allow(t, l).ok())
 	}
 	assert.Equal(t, fbLimit, fb.Remaining(), "the fallback is untouched while Redis answers")
 
@@ -171,6 +162,7 @@ func TestFallback(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the hammer runs against a dead Redis
 	_, failed := stop()
 	assert.Zero(t, fb.Remaining(), "the hammer spent the fallback's quota")
+	assert.Zero(t, failed, "the fallback answers, not the error")
 
 	admitted := 0
 	for range 5 {
@@ -189,14 +181,14 @@ func TestFallback(t *testing.T) {
 	n, err := l.Remaining(ctx)
 	require.NoError(t, err)
 	assert.Zero(t, n)
-	assert.Positive(t, failed, "the hammer's Acquire hit the fallback's deadline")
 
 	s.Start()
 	waitReachable(t, l)
 	ok, err := l.Allow(ctx)
 	require.NoError(t, err)
-	assert.True(t, ok, "back on Redis, whose quota is fresh after the restart")
-	assert.EqualValues(t, 1, c.ZCard(ctx, l.keys[0]).Val())
+	assert.False(t, ok, "back on Redis, which lost the quota: held back for a window")
+	assert.EqualValues(t, 5, c.ZCard(ctx, l.keys[0]).Val(), "its 5 calls put back")
+	assert.Equal(t, "h", c.Get(ctx, l.keys[1]).Val(), "the hold")
 }
 
 func TestFallbackLimit(t *testing.T) {
@@ -205,7 +197,7 @@ func TestFallbackLimit(t *testing.T) {
 	fb, err := limiter.New(3, time.Minute)
 	require.NoError(t, err)
 	l := newTestLimiter(t, s.Client(t), "fallback", 1, time.Minute, WithFallback(fb))
-	require.True(t, allow(t, l).ok)
+	require.True(t, allow(t, l).ok())
 
 	s.Stop()
 	admitted := 0
@@ -216,7 +208,7 @@ func TestFallbackLimit(t *testing.T) {
 			admitted++
 		}
 	}
-	assert.Equal(t, 3, admitted, "exactly the fallback's limit while Redis is down")
+	assert.Equal(t, 2, admitted, "the fallback's limit, less the call admitted through Redis in its window")
 }
 
 // TestPermitAcrossRestart settles permits granted before Redis went away:
@@ -235,13 +227,14 @@ func TestPermitAcrossRestart(t *testing.T) {
 	start := time.Now()
 	p1.Done()
 	p2.Cancel()
-	assert.Less(t, time.Since(start), 2*settleTimeout)
+	assert.Less(t, time.Since(start), 2*l.timeout+time.Second)
 
 	s.Start()
 	waitReachable(t, l)
-	assert.Equal(t, 2, remainingOf(t, l), "the restarted Redis starts empty")
+	assert.Equal(t, 1, remainingOf(t, l), "the Done that Redis missed is written; the Cancel frees its slot")
 	p1.Done() // settled already: no effect
-	assert.Equal(t, 2, remainingOf(t, l))
+	assert.Equal(t, 1, remainingOf(t, l))
+	assert.EqualValues(t, 1, s.Client(t).ZCard(ctx, l.keys[0]).Val())
 }
 
 // TestServerErrorIsNotUnreachable: a Redis that answers with an error is

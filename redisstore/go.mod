@@ -3,7 +3,7 @@ module github.com/apiquota/limiter/redisstore
 go 1.25.0
 
 require (
-	github.com/apiquota/limiter v0.0.0
+	github.com/apiquota/limiter v0.2.0
 	github.com/go-redis/redis_rate/v10 v10.0.1
 	github.com/redis/go-redis/v9 v9.22.0
 	github.com/stretchr/testify v1.11.1
@@ -17,5 +17,3 @@ require (
 	golang.org/x/sys v0.30.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
-
-replace github.com/apiquota/limiter => ../

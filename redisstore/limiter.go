@@ -7,18 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/apiquota/limiter"
 	"github.com/redis/go-redis/v9"
 )
-
-// settleTimeout bounds the network call behind Permit.Done, Permit.Cancel and
-// PauseUntil, which have no context of their own.
-const settleTimeout = time.Second
 
 var _ limiter.Acquirer = (*Limiter)(nil)
 
@@ -38,37 +34,63 @@ var _ limiter.Acquirer = (*Limiter)(nil)
 // happen; Wait blocks until it may; Acquire is Wait in two phases, for a call
 // whose end matters (an HTTP request the server counts when it arrives):
 // its permit holds a slot until Done, after which the call counts from the
-// time of Done for a full window. *Limiter is a limiter.Acquirer, so
-// limiter.NewTransport takes it unchanged.
+// time of Done for a full window. *Limiter is a limiter.Acquirer and a
+// limiter.Pauser, so limiter.NewTransport takes it unchanged.
 //
-// While Redis cannot be reached, the FailurePolicy or the fallback limiter
-// decides (see WithFailurePolicy and WithFallback).
+// Each Limiter remembers its own calls that still count. When Redis loses
+// the quota's state (FLUSHDB, a restart without persistence, eviction), the
+// first Limiter to notice puts its calls back and holds every process back
+// for the shortest window, and every other puts its calls back on its next
+// call; see the package documentation for the bound this gives.
 //
-// A Limiter is safe for concurrent use by multiple goroutines. It starts no
-// goroutine and holds no lock while it waits or calls Redis.
+// While Redis cannot be reached, or does not answer within WithTimeout, or
+// refuses writes, the FailurePolicy or the fallback limiter decides (see
+// WithFailurePolicy and WithFallback).
+//
+// A Limiter is safe for concurrent use by multiple goroutines. It holds no
+// lock while it waits or calls Redis.
 type Limiter struct {
-	client   redis.UniversalClient
-	keys     []string // log and pause key, in admitSource's order
-	ruleArgs []any    // admitSource's ARGV from ARGV[3] on; read only
-	minLimit int      // the smallest limit of any rule
-	policy   FailurePolicy
-	fallback *limiter.Limiter
+	mu         sync.Mutex
+	own        own       // this Limiter's calls that still count
+	localPause time.Time // the latest PauseUntil, honoured here whatever Redis says
+
+	client          redis.UniversalClient
+	honoursDeadline bool     // the client stops reads at a context deadline
+	keys            []string // log and pause key, in admitSource's order
+	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
+	ruleArgs        []any    // limit and window µs of every rule; read only
+	lease, longest  int64    // µs
+	ttl, holdMs     int64    // key TTL and the hold after a loss, ms
+	minLimit        int      // the smallest limit of any rule
+	timeout         time.Duration
+	policy          FailurePolicy
+	fallback        *limiter.Limiter
+	evictionRisk    error
 }
 
 // New returns a Limiter that admits at most limit calls in any interval of
 // length window for the given key, across every process that uses the same
 // Redis, key and prefix. It returns an error, and no Limiter, for a nil
 // client, an empty key, a key or prefix with '{' or '}', limit <= 0,
-// window <= 0, a lease <= 0, or a rule (from WithWindow) equal to or looser
-// than an earlier one. New does not contact Redis.
+// window <= 0, a lease or timeout <= 0, or a rule (from WithWindow) equal to
+// or looser than an earlier one.
+//
+// New asks Redis once, waiting at most the timeout (WithTimeout), for its
+// maxmemory-policy, and remembers whether it lets Redis evict the limiter's
+// keys (see EvictionRisk); it does not fail when Redis cannot be reached or
+// refuses CONFIG GET, as managed services do. Like every round trip of the
+// Limiter, that call runs on a goroutine of its own only for a client that
+// ignores context deadlines, which outlives New only while Redis does not
+// answer, until the client's own timeout.
 //
 // Redis has microsecond resolution: windows and the lease are rounded up to
 // a whole microsecond.
 func New(client redis.UniversalClient, key string, limit int, window time.Duration, opts ...Option) (*Limiter, error) {
 	c := config{
-		rules:  []rule{{limit, window}},
-		prefix: DefaultPrefix,
-		lease:  DefaultLease,
+		rules:   []rule{{limit, window}},
+		prefix:  DefaultPrefix,
+		lease:   DefaultLease,
+		timeout: DefaultTimeout,
 	}
 	for _, opt := range opts {
 		if opt == nil {
@@ -91,46 +113,63 @@ func New(client redis.UniversalClient, key string, limit int, window time.Durati
 	if err := c.check(); err != nil {
 		return nil, err
 	}
+	l := newLimiter(client, c.prefix+"{"+key+"}:", &c)
+	l.evictionRisk = l.checkEviction()
+	return l, nil
+}
 
-	base := c.prefix + "{" + key + "}:"
-	longest, minLimit := c.rules[0].window, c.rules[0].limit
+// newLimiter builds the Limiter of valid settings c, with keys under base.
+func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
+	longest, shortest, minLimit := c.rules[0].window, c.rules[0].window, c.rules[0].limit
+	var args []any
 	for _, r := range c.rules {
-		longest = max(longest, r.window)
+		longest, shortest = max(longest, r.window), min(shortest, r.window)
 		minLimit = min(minLimit, r.limit)
-	}
-	args := []any{
-		ceilDiv(c.lease, time.Microsecond),
-		ceilDiv(longest, time.Microsecond),
-		ceilDiv(max(longest, c.lease), time.Millisecond),
-	}
-	for _, r := range c.rules {
 		args = append(args, int64(r.limit), ceilDiv(r.window, time.Microsecond))
 	}
-	return &Limiter{
-		client:   client,
-		keys:     []string{base + "log", base + "pause"},
-		ruleArgs: args,
-		minLimit: minLimit,
-		policy:   c.policy,
-		fallback: c.fallback,
-	}, nil
+	l := &Limiter{
+		own:             newOwn(longest),
+		client:          client,
+		honoursDeadline: honoursDeadline(client),
+		keys:            []string{base + "log", base + "pause"},
+		ruleArgs:        args,
+		lease:           ceilDiv(c.lease, time.Microsecond),
+		longest:         ceilDiv(longest, time.Microsecond),
+		ttl:             ceilDiv(max(longest, c.lease), time.Millisecond),
+		holdMs:          ceilDiv(shortest, time.Millisecond),
+		minLimit:        minLimit,
+		timeout:         c.timeout,
+		policy:          c.policy,
+		fallback:        c.fallback,
+	}
+	l.fixedArgs = []any{l.lease, l.longest, l.ttl} // boxed once, not per call
+	return l
 }
 
 // Allow reports whether a call may happen now, and if so counts it. It never
-// waits for a slot; it does make one round trip to Redis.
+// waits for a slot; it does make one round trip to Redis, none while this
+// process is paused (PauseUntil).
 //
 // While Redis cannot be reached, Allow reports the fallback's answer, true
 // under FailOpen, or false and the error under FailClosed.
 func (l *Limiter) Allow(ctx context.Context) (bool, error) {
-	res, err := l.run(ctx, opAllow, newID())
+	if l.pausedFor() > 0 {
+		_ = l.sync(ctx, false) // the pause reaches Redis as soon as it can
+		return false, ctx.Err()
+	}
+	res, err := l.decide(ctx, opAllow, nextSeq())
 	if err == nil {
-		return res.ok, nil
+		return res.ok(), nil
 	}
 	if err := l.unreachable(ctx, err); err != nil {
 		return false, err
 	}
 	if l.fallback != nil {
-		return l.fallback.Allow(), nil
+		l.chargeFallback()
+		if !l.fallback.Allow() {
+			return false, nil
+		}
+		l.recordLocal()
 	}
 	return true, nil
 }
@@ -144,11 +183,16 @@ func (l *Limiter) Allow(ctx context.Context) (bool, error) {
 // While Redis cannot be reached, Wait delegates to the fallback, returns nil
 // under FailOpen, or returns the error under FailClosed.
 func (l *Limiter) Wait(ctx context.Context) error {
-	_, down, err := l.wait(ctx, opWait, newID())
+	down, err := l.wait(ctx, opWait, nextSeq())
 	if err != nil || !down || l.fallback == nil {
 		return err
 	}
-	return l.fallback.Wait(ctx)
+	l.chargeFallback()
+	if err := l.fallback.Wait(ctx); err != nil {
+		return err
+	}
+	l.recordLocal()
+	return nil
 }
 
 // Acquire blocks like Wait until a call may happen, and returns a permit that
@@ -156,32 +200,42 @@ func (l *Limiter) Wait(ctx context.Context) error {
 // counts from the time of Done, on the Redis clock, for a full window) or
 // Cancel (the call was never made; the slot is free again). A permit that is
 // neither frees its slot when its lease ends (see WithLease). Only the first
-// Done or Cancel of a permit counts. When Done cannot reach Redis, the slot
-// stays taken until the lease ends.
+// Done or Cancel of a permit counts. A Done or Cancel that Redis does not
+// take (unreachable, out of memory) is kept and written with this Limiter's
+// next call to Redis; until then the slot stays taken.
 //
 // While Redis cannot be reached, Acquire delegates to the fallback, returns
 // a permit that does nothing under FailOpen, or returns the error under
 // FailClosed.
 func (l *Limiter) Acquire(ctx context.Context) (limiter.Permit, error) {
-	id := newID()
-	_, down, err := l.wait(ctx, opAcquire, id)
+	seq := nextSeq()
+	down, err := l.wait(ctx, opAcquire, seq)
 	switch {
 	case err != nil:
 		return nil, err
 	case down && l.fallback != nil:
-		return l.fallback.Acquire(ctx)
+		l.chargeFallback()
+		p, err := l.fallback.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &localPermit{l: l, p: p}, nil
 	case down:
 		return openPermit{}, nil
 	}
-	return &permit{l: l, id: id}, nil
+	return &permit{l: l, seq: seq}, nil
 }
 
 // Remaining returns how many calls Allow would admit right now, over every
-// rule and every process sharing the quota. While Redis cannot be reached it
-// returns the fallback's Remaining, the smallest limit of the rules under
-// FailOpen, or the error under FailClosed.
+// rule and every process sharing the quota; 0 while this process is paused.
+// While Redis cannot be reached it returns the fallback's Remaining, the
+// smallest limit of the rules under FailOpen, or the error under FailClosed.
 func (l *Limiter) Remaining(ctx context.Context) (int, error) {
-	res, err := l.run(ctx, opRemaining, "")
+	if l.pausedFor() > 0 {
+		_ = l.sync(ctx, false)
+		return 0, ctx.Err()
+	}
+	res, err := l.decide(ctx, opRemaining, 0)
 	if err == nil {
 		return res.remaining, nil
 	}
@@ -196,29 +250,51 @@ func (l *Limiter) Remaining(ctx context.Context) (int, error) {
 
 // PauseUntil makes every Limiter sharing the quota admit nothing before t,
 // for example after a server's Retry-After; a pause only ever extends. The
-// pause is a Redis key that expires at t, so all processes honour it.
-// limiter.Transport calls PauseUntil after a 429. It is best effort: it
-// gives Redis at most a second and ignores errors. The fallback, if any, is
-// paused too.
+// pause is a Redis key that expires at t, so all processes honour it, and
+// this Limiter honours it by itself whatever Redis does: when Redis cannot
+// take the pause within the timeout, this process still waits, and the pause
+// is written with its next call to Redis. limiter.Transport calls PauseUntil
+// after a 429. The fallback, if any, is paused too.
 func (l *Limiter) PauseUntil(t time.Time) {
 	if l.fallback != nil {
 		l.fallback.PauseUntil(t)
 	}
-	d := time.Until(t)
-	if d <= 0 {
+	if time.Until(t) <= 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
-	_ = pauseScript.Run(ctx, l.client, l.keys[1:], ceilDiv(d, time.Millisecond)).Err()
+	l.mu.Lock()
+	if t.After(l.localPause) {
+		l.localPause = t
+	}
+	if t.After(l.own.pause) {
+		l.own.pause = t
+	}
+	l.mu.Unlock()
+	_ = l.sync(context.Background(), false) // on failure the pause stays pending
 }
 
-// wait runs op until it admits id, ctx ends, or Redis cannot be reached.
-// down reports that the failure policy or fallback must answer instead.
-func (l *Limiter) wait(ctx context.Context, op, id string) (res result, down bool, err error) {
-	if err := ctx.Err(); err != nil {
-		return result{}, false, err
+// EvictionRisk returns an error that wraps ErrEvictionRisk and names Redis's
+// maxmemory-policy when New read a policy under which Redis may evict the
+// limiter's keys (every policy but noeviction, once maxmemory is set), and
+// nil otherwise, also when Redis did not answer New or refused CONFIG GET.
+// Eviction is survived like any loss of state, within the bound the package
+// documentation states, but memory pressure may evict again and again:
+// give the limiter a Redis with noeviction, or check this at start-up.
+func (l *Limiter) EvictionRisk() error { return l.evictionRisk }
+
+// pausedFor returns how long this process's own pause still lasts.
+func (l *Limiter) pausedFor() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.localPause.IsZero() {
+		return 0
 	}
+	return time.Until(l.localPause)
+}
+
+// wait runs op until it admits seq, ctx ends, or Redis cannot be reached.
+// down reports that the failure policy or fallback must answer instead.
+func (l *Limiter) wait(ctx context.Context, op string, seq uint64) (down bool, err error) {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -226,43 +302,174 @@ func (l *Limiter) wait(ctx context.Context, op, id string) (res result, down boo
 		}
 	}()
 	for {
-		res, err := l.run(ctx, op, id)
-		if err != nil {
-			if err := l.unreachable(ctx, err); err != nil {
-				return result{}, false, err
-			}
-			return result{}, true, nil
+		if err := ctx.Err(); err != nil {
+			return false, err
 		}
-		if res.ok {
-			return res, false, nil
-		}
-		if deadline, ok := ctx.Deadline(); ok && res.wait > time.Until(deadline) {
-			return result{}, false, limiter.ErrWouldExceedDeadline
-		}
-		d := max(res.wait, time.Millisecond/10) // never spin, whatever the reply
-		if timer == nil {
-			timer = time.NewTimer(d)
+		d := l.pausedFor()
+		if d > 0 {
+			_ = l.sync(ctx, false)
 		} else {
-			timer.Reset(d)
+			res, err := l.decide(ctx, op, seq)
+			if err != nil {
+				if err := l.unreachable(ctx, err); err != nil {
+					return false, err
+				}
+				return true, nil
+			}
+			if res.ok() {
+				return false, nil
+			}
+			d = max(res.wait, time.Millisecond/10) // never spin, whatever the reply
 		}
-		select {
-		case <-ctx.Done():
-			return result{}, false, ctx.Err()
-		case <-timer.C:
+		if deadline, ok := ctx.Deadline(); ok && d > time.Until(deadline) {
+			// The core's own type, so that the error itself has Timeout and
+			// NonRetriable, as net.Error checks and azcore look for.
+			return false, &limiter.DeadlineError{Wait: d}
+		}
+		if err := waitTimer(ctx, &timer, d); err != nil {
+			return false, err
 		}
 	}
 }
 
-// run makes the one round trip of op.
-func (l *Limiter) run(ctx context.Context, op, id string) (result, error) {
-	args := make([]any, 0, 2+len(l.ruleArgs))
-	args = append(args, op, id)
-	args = append(args, l.ruleArgs...)
-	v, err := admitScript.Run(ctx, l.client, l.keys, args...).Result()
-	if err != nil {
+// decide makes the round trip of op for the call seq: first it writes what
+// Redis lacks (a pending Done, Cancel or pause), and when the script finds
+// that Redis lost calls that still count, it puts this Limiter's calls back,
+// holds every process back, and asks again.
+func (l *Limiter) decide(ctx context.Context, op string, seq uint64) (result, error) {
+	if err := l.sync(ctx, false); err != nil {
 		return result{}, err
 	}
-	return parseResult(v)
+	for range 3 {
+		res, evidence, err := l.ask(ctx, op, seq)
+		if err != nil || res.status != statusLost {
+			return res, err
+		}
+		l.mu.Lock()
+		gone := evidence != 0 && !l.own.has(evidence)
+		l.mu.Unlock()
+		if gone {
+			continue // cancelled while the script ran: no loss
+		}
+		if err := l.sync(ctx, true); err != nil {
+			return result{}, err
+		}
+	}
+	return result{}, errStateLost
+}
+
+// errStateLost means that Redis lost the quota's state again each time it
+// was put back (memory pressure evicting what was just written): Redis does
+// not serve the quota, so the failure policy answers.
+var errStateLost = errors.New("the quota's state vanished each time it was put back")
+
+// ask runs admitScript once for op and records an admission. It returns
+// the seq of the own call it gave as evidence of what the log holds (0: none).
+func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint64, error) {
+	l.mu.Lock()
+	now := l.own.serverNow(false)
+	l.own.prune(now)
+	evidence, proof, score := l.own.evidence(now)
+	horizon := l.own.horizon
+	l.mu.Unlock()
+
+	id := ""
+	if seq != 0 {
+		id = idOf(seq)
+	}
+	args := make([]any, 0, 8+len(l.ruleArgs))
+	args = append(args, op, id)
+	args = append(args, l.fixedArgs...)
+	args = append(args, proof, score, horizon)
+	args = append(args, l.ruleArgs...)
+	sent := time.Now()
+	v, err := l.roundTrip(ctx, admitScript, l.keys, args)
+	if err != nil {
+		return result{}, 0, err
+	}
+	res, err := parseResult(v)
+	if err != nil {
+		return result{}, 0, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.own.observe(sent, res.at)
+	if res.newest > 0 {
+		l.own.horizon = max(l.own.horizon, res.newest+l.longest)
+	}
+	switch {
+	case !res.ok():
+	case op == opAcquire:
+		l.own.flight[seq] = res.at + l.lease
+	default:
+		l.own.add(seq, id, res.at, true)
+	}
+	return res, evidence, nil
+}
+
+// sync writes what Redis lacks: a pending Done, Cancel or pause; with all,
+// after a loss, also every own call that still counts, and the hold.
+func (l *Limiter) sync(ctx context.Context, all bool) error {
+	l.mu.Lock()
+	if !all && !l.own.pending() {
+		l.mu.Unlock()
+		return nil
+	}
+	rest, sent := l.own.syncArgs(all)
+	removed, pause := len(l.own.removed), l.own.pause
+	if all {
+		l.own.restored()
+	}
+	l.mu.Unlock()
+
+	var pauseMs, hold int64
+	if d := time.Until(pause); d > 0 {
+		pauseMs = ceilDiv(d, time.Millisecond)
+	}
+	if all {
+		hold = l.holdMs
+	}
+	args := append([]any{l.ttl, l.longest, hold, pauseMs}, rest...)
+	if _, err := l.roundTrip(ctx, syncScript, l.keys, args); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.own.wrote(removed, sent, pause)
+	l.mu.Unlock()
+	return nil
+}
+
+// chargeFallback counts against the fallback, once, the calls this Limiter
+// admitted through Redis that still count in the fallback's window, so that
+// on a switch the two do not add up: each counts in the fallback from the
+// switch on, as many as it has room for.
+func (l *Limiter) chargeFallback() {
+	window := ceilDiv(l.fallback.Stats().Window, time.Microsecond)
+	l.mu.Lock()
+	n := 0
+	if l.own.synced {
+		n = l.own.uncharged(l.own.serverNow(false), window)
+	}
+	l.mu.Unlock()
+	for range n {
+		if !l.fallback.Allow() {
+			return
+		}
+	}
+}
+
+// recordLocal remembers a call admitted through the fallback, to be written
+// to Redis with the next call that reaches it, so that back on Redis the
+// quota counts it. Its server time is an estimate that is never early.
+func (l *Limiter) recordLocal() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.own.synced {
+		return // no server time to give it
+	}
+	seq := nextSeq()
+	l.own.add(seq, idOf(seq), l.own.serverNow(true), false)
+	l.own.charged[seq] = true
 }
 
 // unreachable returns the error the caller gets for err, a failed call to
@@ -282,14 +489,15 @@ func (l *Limiter) unreachable(ctx context.Context, err error) error {
 }
 
 // isUnreachable reports whether err means Redis could not serve the call (a
-// network error, a timeout, a server still loading or failing over), rather
-// than a reply that says the call itself is wrong.
+// network error, no reply within the timeout, a server still loading,
+// failing over, or refusing writes), rather than a reply that says the call
+// itself is wrong.
 func isUnreachable(err error) bool {
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
-		return true
+		return true // errTimeout, errStateLost, network errors
 	}
-	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY"} {
+	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM", "MISCONF", "NOREPLICAS"} {
 		if redis.HasErrorPrefix(err, p) {
 			return true
 		}
@@ -297,40 +505,10 @@ func isUnreachable(err error) bool {
 	return false
 }
 
-// permit is the limiter.Permit of an admission held in Redis.
-type permit struct {
-	l       *Limiter
-	id      string
-	settled atomic.Bool
-}
-
-// Done re-times the permit's entry to the Redis server's now.
-func (p *permit) Done() { p.settle(opDone) }
-
-// Cancel removes the permit's entry.
-func (p *permit) Cancel() { p.settle(opCancel) }
-
-func (p *permit) settle(op string) {
-	if p.settled.Swap(true) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
-	// On failure the entry stays in flight until its lease ends: the slot is
-	// held too long, never given out twice.
-	_, _ = p.l.run(ctx, op, p.id)
-}
-
-// openPermit is the permit of a call admitted under FailOpen.
-type openPermit struct{}
-
-func (openPermit) Done()   {}
-func (openPermit) Cancel() {}
-
 // processID makes member ids unique across processes; seq within one.
 var (
 	processID = newProcessID()
-	seq       atomic.Uint64
+	seqs      atomic.Uint64
 )
 
 func newProcessID() string {
@@ -339,10 +517,12 @@ func newProcessID() string {
 	return hex.EncodeToString(b[:]) + ":"
 }
 
+// nextSeq returns a call number no other call of this process uses; with
+// processID it names a sorted-set member (idOf). It is never 0.
+func nextSeq() uint64 { return seqs.Add(1) }
+
 // newID returns a sorted-set member no other call of any process uses.
-func newID() string {
-	return processID + strconv.FormatUint(seq.Add(1), 36)
-}
+func newID() string { return idOf(nextSeq()) }
 
 // ceilDiv returns d in units, rounded up.
 func ceilDiv(d, unit time.Duration) int64 {

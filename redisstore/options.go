@@ -11,6 +11,10 @@ import (
 // never marked Done or Cancelled, unless WithLease says otherwise.
 const DefaultLease = 30 * time.Second
 
+// DefaultTimeout is the longest one decision waits for Redis before the
+// failure policy applies, unless WithTimeout says otherwise.
+const DefaultTimeout = 300 * time.Millisecond
+
 // DefaultPrefix is prepended to every Redis key unless WithPrefix says
 // otherwise.
 const DefaultPrefix = "limiter:"
@@ -50,6 +54,7 @@ type config struct {
 	lease    time.Duration
 	policy   FailurePolicy
 	fallback *limiter.Limiter
+	timeout  time.Duration
 }
 
 // WithWindow adds a rule: at most limit calls in any interval of length
@@ -93,6 +98,21 @@ func WithFallback(l *limiter.Limiter) Option {
 	return func(c *config) { c.fallback = l }
 }
 
+// WithTimeout sets the longest one round trip to Redis may take before
+// Redis counts as unreachable and the failure policy or the fallback
+// answers (default DefaultTimeout). It holds whatever the client's own
+// timeouts: a client on go-redis's default options, whose reads wait 5s and
+// ignore a context's deadline, is left to finish on a goroutine of its own.
+// A caller's context that ends first ends the call with the context's
+// error, not the failure policy. A decision that finds lost state makes
+// more round trips (see Limiter), each within d. While Redis does not
+// answer, the goroutines left behind are bounded by the client's pool: the
+// pool's connections stay stuck in reads until the client's read timeout,
+// and the rest end at d, waiting for a connection.
+func WithTimeout(d time.Duration) Option {
+	return func(c *config) { c.timeout = d }
+}
+
 // check validates the rules and settings, in the words of the caller.
 func (c *config) check() error {
 	for i, r := range c.rules {
@@ -110,6 +130,9 @@ func (c *config) check() error {
 	}
 	if c.lease <= 0 {
 		return fmt.Errorf("redisstore: lease must be positive, got %v", c.lease)
+	}
+	if c.timeout <= 0 {
+		return fmt.Errorf("redisstore: timeout must be positive, got %v", c.timeout)
 	}
 	if c.policy != FailClosed && c.policy != FailOpen {
 		return fmt.Errorf("redisstore: unknown failure policy %v", c.policy)

@@ -133,15 +133,17 @@ func (s *redisServer) signal(sig os.Signal) {
 	}
 }
 
-// Client returns a client of the server with short timeouts and no retries,
-// closed when tb ends.
+// Client returns a client of the server without retries, closed when tb
+// ends. Its timeouts are long, so that a loaded machine never makes a
+// healthy server look unreachable; the limiter's own WithTimeout is what
+// fault tests shorten.
 func (s *redisServer) Client(tb testing.TB) *redis.Client {
 	c := redis.NewClient(&redis.Options{
 		Addr:            s.Addr(),
-		DialTimeout:     200 * time.Millisecond,
-		ReadTimeout:     200 * time.Millisecond,
-		WriteTimeout:    200 * time.Millisecond,
-		PoolTimeout:     200 * time.Millisecond,
+		DialTimeout:     5 * time.Second,
+		ReadTimeout:     5 * time.Second,
+		WriteTimeout:    5 * time.Second,
+		PoolTimeout:     5 * time.Second,
 		MaxRetries:      -1,
 		DialerRetries:   1,
 		DisableIdentity: true,

@@ -17,13 +17,21 @@ const (
 	opRemaining = "r" // report what Allow would admit
 )
 
+// Reply status of admitScript.
+const (
+	statusRefused  = 0
+	statusAdmitted = 1
+	statusLost     = 2 // the log lost calls that still count: restore, then ask again
+)
+
 // admitSource decides admission for every rule of one limiter at once.
 //
 // Redis data layout, both keys sharing the hash tag {key} so that Redis
 // Cluster keeps them in one slot:
 //
 //	KEYS[1] <prefix>{<key>}:log    ZSET, one member per call that holds a slot
-//	KEYS[2] <prefix>{<key>}:pause  string with a PX expiry; admit nothing while it exists
+//	KEYS[2] <prefix>{<key>}:pause  string with a PX expiry; admit nothing while it
+//	                               exists ("1": PauseUntil, "h": the hold after a loss)
 //
 // A finished call is scored by its admission (or Done) time s, a positive
 // count of microseconds of the server's TIME: it counts in a rule of window w
@@ -36,39 +44,62 @@ const (
 // through Lua's tostring, which would round them.
 //
 // ARGV: op, member id, lease µs, longest window µs, key TTL in ms (the
-// longer of the longest window and the lease), then limit and window µs of
-// every rule.
+// longer of the longest window and the lease), then the caller's evidence
+// that the log must hold something: the id and score of one of its own
+// entries that still counts ("" when it has none) and a horizon, a server
+// time before which the log cannot be empty (0 when unknown); then limit and
+// window µs of every rule.
 //
-// Reply: {admitted (0/1), server now µs, wait µs, remaining}. The wait is
-// reported on refusal by opWait and opAcquire: how long until the next slot
-// frees if nothing else changes, that is until the oldest call that keeps a
-// full rule full leaves its window, or, when in-flight permits alone fill the
-// rule, until the earliest lease ends but at most one window (a Done re-times
-// the entry, a Cancel frees it at once); or until a pause ends.
+// Every path writes first with ZREMRANGEBYSCORE, which frees memory: a
+// Redis whose memory is full under noeviction refuses a script's first
+// write only if it may grow memory, and never stops a script midway, so
+// the decision, a Done and a pause still go through, and the log stays
+// true to the calls made.
+//
+// Reply: {status, server now µs, wait µs, remaining, newest}. The status is
+// statusLost, and nothing is decided, when the evidence shows that the log
+// lost entries (FLUSHDB, a restart without persistence, eviction). The wait
+// is reported on refusal by opWait and opAcquire: how long until the next
+// slot frees if nothing else changes, that is until the oldest call that
+// keeps a full rule full leaves its window, or, when in-flight permits alone
+// fill the rule, until the earliest lease ends but at most one window (a
+// Done re-times the entry, a Cancel frees it at once); or until a pause
+// ends. newest is the score of the newest finished call in the log (0 if
+// none), from which the caller learns a horizon.
 const admitSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local op, id, key = ARGV[1], ARGV[2], KEYS[1]
 if op == 'c' then
-	return {redis.call('ZREM', key, id), now, 0, 0}
+	return {redis.call('ZREM', key, id), now, 0, 0, 0}
 end
+local longest = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
 if op == 'd' then
 	redis.call('ZADD', key, now, id)
 	redis.call('PEXPIRE', key, ARGV[5])
-	return {1, now, 0, 0}
+	return {1, now, 0, 0, now}
 end
-redis.call('ZREMRANGEBYSCORE', key, -now, now - tonumber(ARGV[4]))
 local held = redis.call('ZCARD', key)
+if held == 0 and now < tonumber(ARGV[8]) then
+	return {2, now, 0, 0, 0}
+end
+if ARGV[6] ~= '' then
+	local s = tonumber(ARGV[7])
+	if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not redis.call('ZSCORE', key, ARGV[6]) then
+		return {2, now, 0, 0, 0}
+	end
+end
 local report = op == 'w' or op == 'q'
 local wait, remaining = 0, nil
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then
 	wait, remaining = paused * 1000, 0
 end
-for i = 6, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
 	local n, w = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
 	local c = held
-	if w < tonumber(ARGV[4]) then
+	if w < longest then
 		c = held - redis.call('ZCOUNT', key, 1, now - w)
 	end
 	local r = n - c
@@ -96,56 +127,93 @@ if remaining < 0 then
 	remaining = 0
 end
 if wait > 0 or op == 'r' then
-	return {0, now, wait, remaining}
+	local newest = 0
+	if held > 0 then
+		local e = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+		newest = math.max(tonumber(e[2]), 0)
+	end
+	return {0, now, wait, remaining, newest}
 end
+local newest = now
 if op == 'q' then
 	redis.call('ZADD', key, -(now + tonumber(ARGV[3])), id)
+	newest = 0
 else
 	redis.call('ZADD', key, now, id)
 end
 redis.call('PEXPIRE', key, ARGV[5])
-return {1, now, 0, remaining - 1}
+return {1, now, 0, remaining - 1, newest}
 `
 
-// pauseSource sets the pause key to expire in ARGV[1] ms unless it already
-// lasts longer: a pause only ever extends.
-const pauseSource = `
-local ms = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) < ms then
-	redis.call('SET', KEYS[1], '1', 'PX', ms)
+// syncSource writes what this process knows and Redis does not: its own
+// calls that still count (after a loss, or admitted through the fallback, or
+// whose Done could not be written), the ids of its cancelled permits, and its
+// pause; and, after a loss, the hold.
+//
+// ARGV: key TTL ms, longest window µs, hold ms (0: none), pause ms (0:
+// none), the number k of ids to remove, those k ids, then score and id of
+// each entry to write. The hold extends the pause key to the hold's end
+// unless a hold ("h") already runs: the first process to find a loss holds
+// every process back for one window, later finders of the same loss do not
+// extend it. Reply: the server's now in µs.
+const syncSource = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local key, pause = KEYS[1], KEYS[2]
+redis.call('ZREMRANGEBYSCORE', key, -now, now - tonumber(ARGV[2]))
+local k = tonumber(ARGV[5])
+for i = 6, 5 + k do
+	redis.call('ZREM', key, ARGV[i])
 end
-return 0
+for i = 6 + k, #ARGV, 2 do
+	redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+end
+if #ARGV >= 6 + k then
+	redis.call('PEXPIRE', key, ARGV[1])
+end
+local hold, ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+if hold > 0 and redis.call('GET', pause) ~= 'h' and redis.call('PTTL', pause) < hold then
+	redis.call('SET', pause, 'h', 'PX', hold)
+end
+if ms > 0 and redis.call('PTTL', pause) < ms then
+	redis.call('SET', pause, '1', 'PX', ms)
+end
+return now
 `
 
 var (
 	admitScript = redis.NewScript(admitSource)
-	pauseScript = redis.NewScript(pauseSource)
+	syncScript  = redis.NewScript(syncSource)
 )
 
 // result is the decoded reply of admitScript.
 type result struct {
-	ok        bool
+	status    int
 	at        int64         // server time of the decision, µs since the Unix epoch
 	wait      time.Duration // when refused: until the next slot frees
 	remaining int
+	newest    int64 // score of the newest finished call in the log, 0 if none
 }
+
+func (r result) ok() bool { return r.status == statusAdmitted }
 
 // parseResult decodes the reply of admitScript.
 func parseResult(v any) (result, error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 4 {
+	if !ok || len(a) != 5 {
 		return result{}, fmt.Errorf("redisstore: unexpected script reply %v", v)
 	}
-	var n [4]int64
+	var n [5]int64
 	for i := range n {
 		if n[i], ok = a[i].(int64); !ok {
 			return result{}, fmt.Errorf("redisstore: unexpected script reply %v", v)
 		}
 	}
 	return result{
-		ok:        n[0] == 1,
+		status:    int(n[0]),
 		at:        n[1],
 		wait:      time.Duration(n[2]) * time.Microsecond,
 		remaining: int(n[3]),
+		newest:    n[4],
 	}, nil
 }
