@@ -5,7 +5,7 @@ go 1.26.0
 
 require (
 	github.com/Azure/azure-sdk-for-go/sdk/azcore v1.24.0
-	github.com/apiquota/limiter v0.0.0
+	github.com/apiquota/limiter v0.2.0
 	github.com/go-chi/httprate v0.16.1
 	github.com/google/go-github/v93 v93.0.0
 	github.com/hashicorp/go-retryablehttp v0.7.8
