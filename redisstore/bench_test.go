@@ -2,9 +2,11 @@ package redisstore
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +21,10 @@ var shared struct {
 	srv  *redisServer
 }
 
+// benchClient returns a client on go-redis's default options, as a user
+// starts with; REDISSTORE_BENCH_CONTEXT_TIMEOUT=1 sets ContextTimeoutEnabled,
+// under which the store uses the client as it is rather than a WithTimeout
+// clone.
 func benchClient(b *testing.B) *redis.Client {
 	b.Helper()
 	shared.once.Do(func() {
@@ -28,7 +34,7 @@ func benchClient(b *testing.B) *redis.Client {
 	if shared.srv == nil {
 		b.Skip("no redis-server")
 	}
-	c := redis.NewClient(&redis.Options{Addr: shared.srv.Addr(), DisableIdentity: true})
+	c := redis.NewClient(&redis.Options{Addr: shared.srv.Addr(), DisableIdentity: true, ContextTimeoutEnabled: os.Getenv("REDISSTORE_BENCH_CONTEXT_TIMEOUT") == "1"})
 	b.Cleanup(func() { _ = c.Close() })
 	if err := c.FlushAll(context.Background()).Err(); err != nil {
 		b.Fatal(err)
@@ -172,4 +178,68 @@ func BenchmarkRedisRate(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkVersusRedisRate alternates one decision of this store and one of
+// redis_rate, call by call, on the same client and server, and reports the
+// time of each and their ratio: load on the machine that drifts during a run
+// hits both alike, so the ratio is steadier than that of two benchmarks run
+// one after the other. An op is one call of each.
+func BenchmarkVersusRedisRate(b *testing.B) {
+	c := benchClient(b)
+	ctx := context.Background()
+	rl := redis_rate.NewLimiter(c)
+	cases := []struct {
+		name     string
+		parallel bool
+		limit    int
+		window   time.Duration
+		rate     redis_rate.Limit
+		admitted bool
+	}{
+		{"admit", false, 1 << 30, 100 * time.Millisecond, redis_rate.PerMinute(1 << 30), true},
+		{"refuse", false, 100, time.Minute, redis_rate.PerHour(100), false},
+		{"admit-parallel", true, 1 << 30, 100 * time.Millisecond, redis_rate.PerMinute(1 << 30), true},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			key := "versus-" + tc.name
+			l, err := New(c, key, tc.limit, tc.window)
+			if err != nil {
+				b.Fatal(err)
+			}
+			warm(b, func() error { _, err := l.Allow(ctx); return err })
+			warm(b, func() error { _, err := rl.Allow(ctx, key, tc.rate); return err })
+			var ours, theirs atomic.Int64
+			pair := func() bool {
+				t0 := time.Now()
+				ok, err := l.Allow(ctx)
+				t1 := time.Now()
+				res, err2 := rl.Allow(ctx, key, tc.rate)
+				t2 := time.Now()
+				ours.Add(int64(t1.Sub(t0)))
+				theirs.Add(int64(t2.Sub(t1)))
+				if err != nil || err2 != nil || ok != tc.admitted || (res.Allowed == 1) != tc.admitted {
+					b.Error(ok, err, res, err2)
+					return false
+				}
+				return true
+			}
+			if tc.parallel {
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() && pair() {
+					}
+				})
+			} else {
+				for b.Loop() {
+					if !pair() {
+						return
+					}
+				}
+			}
+			b.ReportMetric(float64(ours.Load())/float64(b.N), "redisstore-ns/call")
+			b.ReportMetric(float64(theirs.Load())/float64(b.N), "redis_rate-ns/call")
+			b.ReportMetric(float64(ours.Load())/float64(theirs.Load()), "ratio")
+		})
+	}
 }

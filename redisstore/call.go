@@ -43,13 +43,23 @@ func (c *call) run(client redis.Scripter) {
 // errTimeout for the timeout, ctx's own error for the caller's end.
 //
 // The context given to the client carries the timeout, so that dials, pool
-// waits and clients with ContextTimeoutEnabled stop by themselves. A client
-// on its default options ignores a context deadline while it reads (go-redis
-// waits ReadTimeout, 5s by default), so for such a client the round trip
-// runs on its own goroutine, and the caller walks away at the timeout; the
+// waits and clients that honour deadlines (see boundedClient) stop by
+// themselves, and the round trip runs on the caller's goroutine. A client
+// that ignores a context deadline while it reads (a ClusterClient on
+// go-redis's default options waits ReadTimeout, 5s) gets a goroutine of its
+// own for the round trip, and the caller walks away at the timeout; the
 // goroutine ends when the client gives up, and it can no longer retry since
 // its context has ended. No lock is held meanwhile.
 func (l *Limiter) roundTrip(ctx context.Context, script *redis.Script, keys []string, args []any) (any, error) {
+	if l.honoursDeadline {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		rctx, cancel := context.WithTimeout(ctx, l.timeout)
+		defer cancel()
+		v, err := script.Run(rctx, l.client, keys, args...).Result()
+		return v, roundTripErr(ctx, rctx, err)
+	}
 	c := callPool.Get().(*call)
 	c.script, c.keys, c.args = script, keys, args
 	return l.do(ctx, c)
@@ -64,7 +74,7 @@ func (l *Limiter) do(ctx context.Context, c *call) (any, error) {
 	defer cancel()
 	c.ctx = rctx
 	if l.honoursDeadline {
-		c.run(l.client)
+		c.run(l.client) // sends on the buffered done: the select below takes it at once
 	} else {
 		go c.run(l.client)
 	}
@@ -94,17 +104,31 @@ func roundTripErr(ctx, rctx context.Context, err error) error {
 	return err
 }
 
-// honoursDeadline reports whether client stops a read at the context's
-// deadline (go-redis's ContextTimeoutEnabled), so that no goroutine is needed
-// to bound a round trip.
-func honoursDeadline(client redis.UniversalClient) bool {
+// boundedClient returns the client the Limiter calls Redis through, and
+// whether that client stops a round trip at the context's deadline, so that
+// no goroutine is needed to bound it.
+//
+// A *redis.Client on go-redis's default options ignores a context deadline
+// while it reads (ReadTimeout, 5s). For it the Limiter uses a clone from
+// WithTimeout, which shares the client's connection pool, with
+// ContextTimeoutEnabled set on the clone's own options: the caller's
+// goroutine makes the round trip, and a frozen Redis costs at most the
+// timeout, retries included. A ClusterClient (and any other client) that
+// ignores deadlines has no such clone; for it roundTrip leaves the call on a
+// goroutine of its own at the timeout.
+func boundedClient(client redis.UniversalClient, timeout time.Duration) (redis.UniversalClient, bool) {
 	switch c := client.(type) {
 	case *redis.Client:
-		return c.Options().ContextTimeoutEnabled
+		if c.Options().ContextTimeoutEnabled {
+			return c, true
+		}
+		clone := c.WithTimeout(timeout)
+		clone.Options().ContextTimeoutEnabled = true // the clone's options, not the caller's
+		return clone, true
 	case *redis.ClusterClient:
-		return c.Options().ContextTimeoutEnabled
+		return c, c.Options().ContextTimeoutEnabled
 	}
-	return false
+	return client, false
 }
 
 // waitTimer sleeps d on t (made on first use), or until ctx ends.

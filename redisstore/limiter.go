@@ -51,8 +51,9 @@ var _ limiter.Acquirer = (*Limiter)(nil)
 // lock while it waits or calls Redis.
 type Limiter struct {
 	mu         sync.Mutex
-	own        own       // this Limiter's calls that still count
-	localPause time.Time // the latest PauseUntil, honoured here whatever Redis says
+	own        own         // this Limiter's calls that still count
+	localPause time.Time   // the latest PauseUntil, honoured here whatever Redis says
+	pending    atomic.Bool // own.pending() may be true; set under mu, read without it
 
 	client          redis.UniversalClient
 	honoursDeadline bool     // the client stops reads at a context deadline
@@ -79,9 +80,9 @@ type Limiter struct {
 // maxmemory-policy, and remembers whether it lets Redis evict the limiter's
 // keys (see EvictionRisk); it does not fail when Redis cannot be reached or
 // refuses CONFIG GET, as managed services do. Like every round trip of the
-// Limiter, that call runs on a goroutine of its own only for a client that
-// ignores context deadlines, which outlives New only while Redis does not
-// answer, until the client's own timeout.
+// Limiter, that call runs on a goroutine of its own only for a ClusterClient
+// that ignores context deadlines, which outlives New only while Redis does
+// not answer, until the client's own timeout.
 //
 // Redis has microsecond resolution: windows and the lease are rounded up to
 // a whole microsecond.
@@ -127,10 +128,11 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		minLimit = min(minLimit, r.limit)
 		args = append(args, int64(r.limit), ceilDiv(r.window, time.Microsecond))
 	}
+	bounded, honours := boundedClient(client, c.timeout)
 	l := &Limiter{
 		own:             newOwn(longest),
-		client:          client,
-		honoursDeadline: honoursDeadline(client),
+		client:          bounded,
+		honoursDeadline: honours,
 		keys:            []string{base + "log", base + "pause"},
 		ruleArgs:        args,
 		lease:           ceilDiv(c.lease, time.Microsecond),
@@ -268,6 +270,7 @@ func (l *Limiter) PauseUntil(t time.Time) {
 	}
 	if t.After(l.own.pause) {
 		l.own.pause = t
+		l.pending.Store(true)
 	}
 	l.mu.Unlock()
 	_ = l.sync(context.Background(), false) // on failure the pause stays pending
@@ -410,8 +413,12 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 // sync writes what Redis lacks: a pending Done, Cancel or pause; with all,
 // after a loss, also every own call that still counts, and the hold.
 func (l *Limiter) sync(ctx context.Context, all bool) error {
+	if !all && !l.pending.Load() {
+		return nil // the common case, without the lock
+	}
 	l.mu.Lock()
 	if !all && !l.own.pending() {
+		l.pending.Store(false)
 		l.mu.Unlock()
 		return nil
 	}
@@ -435,6 +442,7 @@ func (l *Limiter) sync(ctx context.Context, all bool) error {
 	}
 	l.mu.Lock()
 	l.own.wrote(removed, sent, pause)
+	l.pending.Store(l.own.pending())
 	l.mu.Unlock()
 	return nil
 }
@@ -469,6 +477,7 @@ func (l *Limiter) recordLocal() {
 	}
 	seq := nextSeq()
 	l.own.add(seq, idOf(seq), l.own.serverNow(true), false)
+	l.pending.Store(true)
 	l.own.charged[seq] = true
 }
 

@@ -101,14 +101,16 @@ func WithFallback(l *limiter.Limiter) Option {
 // WithTimeout sets the longest one round trip to Redis may take before
 // Redis counts as unreachable and the failure policy or the fallback
 // answers (default DefaultTimeout). It holds whatever the client's own
-// timeouts: a client on go-redis's default options, whose reads wait 5s and
-// ignore a context's deadline, is left to finish on a goroutine of its own.
-// A caller's context that ends first ends the call with the context's
-// error, not the failure policy. A decision that finds lost state makes
-// more round trips (see Limiter), each within d. While Redis does not
-// answer, the goroutines left behind are bounded by the client's pool: the
-// pool's connections stay stuck in reads until the client's read timeout,
-// and the rest end at d, waiting for a connection.
+// timeouts. go-redis on its default options reads for 5s and ignores a
+// context's deadline: a *redis.Client is then used through its
+// WithTimeout(d) clone, which shares its connection pool and honours
+// deadlines; a ClusterClient's round trip is left to finish on a goroutine
+// of its own, and such goroutines are bounded by the client's pool (its
+// connections stay stuck in reads until the client's read timeout, the rest
+// end at d, waiting for a connection). A caller's context that ends first
+// ends the call with the context's error, not the failure policy. A
+// decision that finds lost state makes more round trips (see Limiter), each
+// within d.
 func WithTimeout(d time.Duration) Option {
 	return func(c *config) { c.timeout = d }
 }

@@ -73,13 +73,15 @@ func (o *own) prune(now int64) {
 	}
 	i := 0
 	for i < len(o.done) && o.done[i].at <= now-o.longest {
-		delete(o.unsent, o.done[i].seq)
-		delete(o.charged, o.done[i].seq)
+		if len(o.unsent) > 0 || len(o.charged) > 0 {
+			delete(o.unsent, o.done[i].seq)
+			delete(o.charged, o.done[i].seq)
+		}
 		i++
 	}
-	if i > 0 {
-		o.done = append(o.done[:0], o.done[i:]...)
-	}
+	// Re-sliced, not copied: append moves only the live calls, when it
+	// grows the array, so pruning costs O(1) a call, amortized.
+	o.done = o.done[i:]
 }
 
 // add records the finished call seq, named id, at server time at.

@@ -40,6 +40,7 @@ func (l *Limiter) done(seq uint64) (int64, error) {
 	defer l.mu.Unlock()
 	if err != nil {
 		l.own.unsent[seq] = true
+		l.pending.Store(true)
 		return 0, err
 	}
 	l.own.retime(seq, res.at)
@@ -63,6 +64,7 @@ func (p *permit) Cancel() {
 	if _, err := l.roundTrip(context.Background(), admitScript, l.keys, l.settleArgs(opCancel, p.seq)); err != nil {
 		l.mu.Lock()
 		l.own.removed = append(l.own.removed, p.seq)
+		l.pending.Store(true)
 		l.mu.Unlock()
 	}
 }

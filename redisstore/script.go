@@ -58,14 +58,17 @@ const (
 //
 // Reply: {status, server now µs, wait µs, remaining, newest}. The status is
 // statusLost, and nothing is decided, when the evidence shows that the log
-// lost entries (FLUSHDB, a restart without persistence, eviction). The wait
+// lost entries (FLUSHDB, a restart without persistence, eviction); the
+// evidence is looked at only before an admission (and for opRemaining),
+// since a log that lost entries and still refuses was full anyway. The wait
 // is reported on refusal by opWait and opAcquire: how long until the next
 // slot frees if nothing else changes, that is until the oldest call that
 // keeps a full rule full leaves its window, or, when in-flight permits alone
 // fill the rule, until the earliest lease ends but at most one window (a
 // Done re-times the entry, a Cancel frees it at once); or until a pause
 // ends. newest is the score of the newest finished call in the log (0 if
-// none), from which the caller learns a horizon.
+// none, or not looked up because the caller's horizon has not passed), from
+// which the caller learns a horizon.
 const admitSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -81,15 +84,6 @@ if op == 'd' then
 	return {1, now, 0, 0, now}
 end
 local held = redis.call('ZCARD', key)
-if held == 0 and now < tonumber(ARGV[8]) then
-	return {2, now, 0, 0, 0}
-end
-if ARGV[6] ~= '' then
-	local s = tonumber(ARGV[7])
-	if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not redis.call('ZSCORE', key, ARGV[6]) then
-		return {2, now, 0, 0, 0}
-	end
-end
 local report = op == 'w' or op == 'q'
 local wait, remaining = 0, nil
 local paused = redis.call('PTTL', KEYS[2])
@@ -126,13 +120,30 @@ end
 if remaining < 0 then
 	remaining = 0
 end
-if wait > 0 or op == 'r' then
+local function refuse()
 	local newest = 0
-	if held > 0 then
+	if held > 0 and now >= tonumber(ARGV[8]) then -- the caller's horizon has passed: a new one
 		local e = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
 		newest = math.max(tonumber(e[2]), 0)
 	end
 	return {0, now, wait, remaining, newest}
+end
+if wait > 0 and op ~= 'r' then
+	return refuse() -- a log that lost calls is fuller still: no need to look
+end
+-- About to admit, or to say what Allow would: first, does the log hold what
+-- the caller knows it must?
+if held == 0 and now < tonumber(ARGV[8]) then
+	return {2, now, 0, 0, 0}
+end
+if ARGV[6] ~= '' then
+	local s = tonumber(ARGV[7])
+	if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not redis.call('ZSCORE', key, ARGV[6]) then
+		return {2, now, 0, 0, 0}
+	end
+end
+if op == 'r' then
+	return refuse()
 end
 local newest = now
 if op == 'q' then
