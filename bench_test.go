@@ -155,55 +155,53 @@ func BenchmarkAllowN(b *testing.B) {
 func BenchmarkWaitersLateness(b *testing.B) {
 	const n = 1000
 	b.Run("limiter", func(b *testing.B) {
-		var p99 time.Duration
-		for b.Loop() {
+		benchLateness(b, n, func(due []time.Time) func(i int) {
 			l := mustNew(b, n, time.Second)
-			due := make([]time.Time, n)
 			for i := range n {
 				l.Allow()
 				due[i] = time.Now().Add(time.Second)
 			}
-			back := make(chan time.Time, n)
-			for range n {
-				go func() {
-					if err := l.Wait(context.Background()); err != nil {
-						b.Error(err)
-					}
-					back <- time.Now()
-				}()
+			return func(int) {
+				if err := l.Wait(context.Background()); err != nil {
+					b.Error(err)
+				}
 			}
-			got := make([]time.Time, 0, n)
-			for range n {
-				got = append(got, <-back)
-			}
-			slices.SortFunc(got, func(a, b time.Time) int { return a.Compare(b) })
-			p99 = max(p99, lateness(due, got))
-		}
-		b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-late-µs")
+		})
 	})
 	b.Run("timers", func(b *testing.B) {
-		var p99 time.Duration
-		for b.Loop() {
-			due := make([]time.Time, n)
+		benchLateness(b, n, func(due []time.Time) func(i int) {
 			for i := range n {
 				due[i] = time.Now().Add(time.Second)
 			}
-			back := make(chan time.Time, n)
-			for i := range n {
-				go func() {
-					<-time.NewTimer(time.Until(due[i])).C
-					back <- time.Now()
-				}()
-			}
-			got := make([]time.Time, 0, n)
-			for range n {
-				got = append(got, <-back)
-			}
-			slices.SortFunc(got, func(a, b time.Time) int { return a.Compare(b) })
-			p99 = max(p99, lateness(due, got))
-		}
-		b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-late-µs")
+			return func(i int) { <-time.NewTimer(time.Until(due[i])).C }
+		})
 	})
+}
+
+// benchLateness runs n goroutines that each call the wait that setup
+// returns, after setup has filled in the instants they are due, and reports
+// the worst p99 lateness over the iterations. Goroutines return in order of
+// their instants, so the i-th return is matched with the i-th instant.
+func benchLateness(b *testing.B, n int, setup func(due []time.Time) func(i int)) {
+	var p99 time.Duration
+	for b.Loop() {
+		due := make([]time.Time, n)
+		wait := setup(due)
+		back := make(chan time.Time, n)
+		for i := range n {
+			go func() {
+				wait(i)
+				back <- time.Now()
+			}()
+		}
+		got := make([]time.Time, 0, n)
+		for range n {
+			got = append(got, <-back)
+		}
+		slices.SortFunc(got, func(a, b time.Time) int { return a.Compare(b) })
+		p99 = max(p99, lateness(due, got))
+	}
+	b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-late-µs")
 }
 
 // lateness returns the 99th percentile of got[i] - due[i].

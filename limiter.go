@@ -176,24 +176,32 @@ func (cfg *config) addBucket(burst int, every time.Duration) {
 // other. Every pair is compared both ways, so the verdict does not depend
 // on the order the rules were given; the error names the looser rule.
 func (cfg *config) checkRedundant() {
-	for i, a := range cfg.rules {
-		for _, b := range cfg.rules[i+1:] {
+	if err := redundant(cfg.rules); err != nil {
+		cfg.fail(err)
+	}
+	if err := redundant(cfg.buckets); err != nil {
+		cfg.fail(err)
+	}
+}
+
+// ruleKind is what checkRedundant needs of a kind of rule.
+type ruleKind[R any] interface {
+	implies(R) bool
+	String() string
+}
+
+func redundant[R ruleKind[R]](rs []R) error {
+	for i, a := range rs {
+		for _, b := range rs[i+1:] {
+			if b.implies(a) {
+				a, b = b, a
+			}
 			if a.implies(b) {
-				cfg.fail(fmt.Errorf("limiter: rule %v is no tighter than rule %v", b, a))
-			} else if b.implies(a) {
-				cfg.fail(fmt.Errorf("limiter: rule %v is no tighter than rule %v", a, b))
+				return fmt.Errorf("limiter: rule %v is no tighter than rule %v", b, a)
 			}
 		}
 	}
-	for i, a := range cfg.buckets {
-		for _, b := range cfg.buckets[i+1:] {
-			if a.implies(b) {
-				cfg.fail(fmt.Errorf("limiter: rule %v is no tighter than rule %v", b, a))
-			} else if b.implies(a) {
-				cfg.fail(fmt.Errorf("limiter: rule %v is no tighter than rule %v", a, b))
-			}
-		}
-	}
+	return nil
 }
 
 func newConfig(limit int, window time.Duration, opts []Option) (*config, error) {
