@@ -130,6 +130,7 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
 		ln.relaxStep(now, c.clock)
+		ln.weigh(c.cost, c.clock)
 		until, probe, open := ln.gate(now)
 		if !open && probe == nil {
 			ln.budgetSpent(now, c.clock)
@@ -207,7 +208,9 @@ func (c *trip) acquirePermits(learned []*Limiter) error {
 		}
 	}
 	for _, l := range learned {
-		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
+		// A policy the server published may admit less at once than the
+		// configured rules: the call takes all of it rather than never go.
+		if err := c.permits.acquire(c.ctx, l, min(c.cost, l.maxWeight)); err != nil {
 			return err
 		}
 	}

@@ -84,6 +84,7 @@ type learner struct {
 	relax       time.Duration // the configured window: one relax step each
 	limit       int           // the configured limit
 	ceiling     int           // the smallest burst the server refused
+	heaviest    int           // the heaviest call seen: the pacing's burst is never less
 	changed     time.Time     // of the last tighten or relax step
 	throttled   time.Time     // of the last tighten: calls admitted before it teach nothing new
 	refused     time.Time     // when the call whose refusal fitted burst was admitted
@@ -161,7 +162,7 @@ func (ln *learner) budgetSpent(now time.Time, clock Clock) {
 func (ln *learner) repace(clock Clock) {
 	ln.gen++
 	old := ln.pace
-	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	ln.pace = ln.newPace(clock)
 	if old == nil || ln.pace == nil {
 		return
 	}
@@ -378,7 +379,7 @@ func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 			ln.every -= ln.slowed
 			ln.slowed = 0
 		}
-		ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+		ln.pace = ln.newPace(clock)
 		ln.gen++
 	}
 	if ln.histN == 0 {
@@ -461,7 +462,7 @@ func (ln *learner) tighten(now, admitted time.Time, clock Clock) {
 		ln.ceiling = max(min(ln.ceiling, prev), ln.burst+1)
 	}
 	ln.changed, ln.throttled = now, now
-	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	ln.pace = ln.newPace(clock)
 	ln.gen++
 }
 
@@ -499,6 +500,26 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 		return
 	}
 	ln.repace(clock)
+}
+
+// weigh is told of a call of weight n about to pass the learned limiters.
+// A pacing is fitted to the calls the server accepted, which may all have
+// been lighter: its burst grows to admit n, so that what was learned never
+// makes impossible a call that the configured rules admit.
+func (ln *learner) weigh(n int, clock Clock) {
+	if n <= ln.heaviest {
+		return
+	}
+	ln.heaviest = n
+	if ln.pace != nil && ln.pace.maxWeight < n {
+		ln.repace(clock)
+	}
+}
+
+// newPace returns the limiter of the learned pacing, whose burst admits
+// the heaviest call seen.
+func (ln *learner) newPace(clock Clock) *Limiter {
+	return paceLimiter(max(ln.burst, ln.heaviest), ln.every, ln.limit, ln.relax, clock)
 }
 
 // paceLimiter returns the limiter of a learned pacing: burst calls at
