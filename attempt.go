@@ -132,8 +132,10 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		ln.relaxStep(now, c.clock)
 		ln.weigh(c.cost, c.clock)
 		until, probe, open := ln.gate(now)
+		var wake <-chan struct{}
 		if !open && probe == nil {
 			ln.budgetSpent(now, c.clock)
+			wake = ln.wakeAtAnswer()
 		}
 		if open {
 			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
@@ -147,7 +149,7 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		if open {
 			return learned, gen, nil
 		}
-		if err := waitGate(c.ctx, c.clock, now, until, probe); err != nil {
+		if err := waitGate(c.ctx, c.clock, now, until, probe, wake); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -189,6 +191,7 @@ func (c *trip) unadmit() {
 	}
 	c.conn.mu.Lock()
 	c.conn.learn.unadmit(c.cost, c.probe)
+	c.conn.learn.answered()
 	c.conn.inflight--
 	c.probe = false
 	c.conn.mu.Unlock()
@@ -326,6 +329,8 @@ func (c *trip) failed(err error) {
 	if !c.t.DisableLearning {
 		c.conn.mu.Lock()
 		c.conn.inflight--
+		c.conn.learn.flying -= int64(c.cost)
+		c.conn.learn.answered()
 		if c.probe {
 			c.conn.learn.unadmit(0, true)
 			c.probe = false
@@ -388,6 +393,7 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 	defer c.conn.mu.Unlock()
 	c.conn.inflight--
 	ln := &c.conn.learn
+	ln.flying -= int64(c.cost)
 	ln.configure(c.stats)
 	if v.throttled {
 		ln.tighten(now, c.admitted, c.clock)
@@ -401,6 +407,7 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 		ln.endProbe()
 		c.probe = false
 	}
+	ln.answered()
 	return ln.refillWait()
 }
 

@@ -20,7 +20,12 @@ import (
 //     the count may not include: those admitted after the counted one,
 //     and those in flight when it was admitted and still in flight. Counts
 //     are read in the order their calls were admitted, so that an answer
-//     that overtakes another does not give calls back. Once a reset has
+//     that overtakes another does not give calls back; but since the
+//     count of a window that resets only falls, the fewest count seen
+//     lacks at most the calls still in flight, and each answer that
+//     comes back gives its call back to the budget. A call held back by
+//     a budget that calls in flight spent waits for their answers as
+//     well as for the reset. Once a reset has
 //     passed the server's state is unknown, so one call goes first (a
 //     probe) and the others wait for its answer. A quota that was spent
 //     before its reset and, right after it, refuses or leaves fewer calls
@@ -66,10 +71,14 @@ type learner struct {
 	left     int64     // calls that may still start before resetAt
 	resetAt  time.Time // zero: no budget known
 	probe    chan struct{}
-	probing  bool  // a reset passed: the next call goes alone
-	seq      int64 // the weight of the calls ever admitted
-	countSeq int64 // seq when the call whose count set left was admitted
-	gen      int   // counts the changes of policy and pace
+	probing  bool          // a reset passed: the next call goes alone
+	seq      int64         // the weight of the calls ever admitted
+	countSeq int64         // seq when the call whose count set left was admitted
+	gen      int           // counts the changes of policy and pace
+	flying   int64         // the weight of the calls admitted and not yet answered
+	wake     chan struct{} // closed at the next answer, for calls the budget holds back
+	least    int64         // the fewest calls left that a count said since the last probe
+	leastOK  bool          // least holds a count
 
 	// The policy.
 	policyHdr  string   // the RateLimit-Policy it was made from
@@ -141,6 +150,27 @@ func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, 
 	return time.Time{}, nil, true
 }
 
+// wakeAtAnswer returns a channel closed when the next call in flight is
+// answered, or nil if none is in flight. A budget spent only by the calls
+// in flight may reopen then: their answers show they were in the count.
+func (ln *learner) wakeAtAnswer() <-chan struct{} {
+	if ln.flying <= 0 {
+		return nil
+	}
+	if ln.wake == nil {
+		ln.wake = make(chan struct{})
+	}
+	return ln.wake
+}
+
+// answered wakes the calls that wait for an answer.
+func (ln *learner) answered() {
+	if ln.wake != nil {
+		close(ln.wake)
+		ln.wake = nil
+	}
+}
+
 // budgetSpent is told that the budget stopped a call before its reset.
 // While pacing, that means the pace spends the server's quota faster than
 // the server gives it back (a sliding counter whose previous window still
@@ -175,6 +205,7 @@ func (ln *learner) repace(clock Clock) {
 // budget, and reports whether it is the probe. The gate must be open.
 func (ln *learner) admit(n int) (isProbe bool) {
 	ln.seq += int64(n)
+	ln.flying += int64(n)
 	if !ln.resetAt.IsZero() {
 		ln.left -= int64(n)
 	}
@@ -188,6 +219,7 @@ func (ln *learner) admit(n int) (isProbe bool) {
 
 // unadmit gives back what admit took, for a call that was not sent.
 func (ln *learner) unadmit(n int, wasProbe bool) {
+	ln.flying -= int64(n)
 	if !ln.resetAt.IsZero() {
 		ln.left += int64(n)
 	}
@@ -247,14 +279,29 @@ func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq
 	}
 	ln.peak = max(ln.peak, hk.left)
 	ln.spent = ln.spent || hk.left <= 0
+	if probe || !ln.leastOK || hk.left < ln.least {
+		ln.least, ln.leastOK = hk.left, true
+	}
 	if seq < ln.countSeq {
-		return // a later call's count came first, and knew more
+		// A later call's count came first. This one still tells that
+		// its call was counted: it is no longer among those that the
+		// fewest count may lack.
+		if !ln.resetAt.IsZero() && ln.refillWait() == 0 {
+			ln.left = max(ln.left, ln.least-ln.flying)
+		}
+		return
 	}
 	ln.countSeq = seq
 	// Perhaps not in the count: the calls admitted after this one, and
 	// those in flight when it was, whatever the order in which the server
 	// saw them and their answers came back.
 	ln.left, ln.refusedLast = hk.left-(ln.seq-seq)-int64(others), refused
+	if ln.refillWait() == 0 {
+		// Within a window that resets, the count only falls: the fewest
+		// count seen lacks at most the calls still in flight. A call
+		// answered since was in it, or would have said fewer.
+		ln.left = max(ln.left, ln.least-ln.flying)
+	}
 	ln.spent = ln.spent || ln.left <= 0
 	reset := min(hk.reset, limit)
 	if d := ln.refillWait(); d > 0 && !refused {
@@ -555,8 +602,9 @@ func fresh(l *Limiter, full int) bool {
 	return st.InFlight == 0 && st.Waiting == 0 && st.PausedUntil.IsZero() && l.Remaining() >= full
 }
 
-// waitGate waits for what gate named, or for ctx.
-func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-chan struct{}) error {
+// waitGate waits for what gate named, or for ctx; also, before until, for
+// wake, when not nil.
+func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe, wake <-chan struct{}) error {
 	if probe != nil {
 		select {
 		case <-probe:
@@ -570,5 +618,17 @@ func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-ch
 		err := fmt.Errorf("limiter: the server's quota resets in %v, after the context deadline: %w", d, ErrWouldExceedDeadline)
 		return &deadlineWaitError{err}
 	}
-	return sleepOn(ctx, clock, d)
+	if wake == nil {
+		return sleepOn(ctx, clock, d)
+	}
+	tm := clock.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C():
+		return nil
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
