@@ -130,6 +130,7 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
 		ln.relaxStep(now, c.clock)
+		ln.relaxWindow(now, c.clock)
 		ln.weigh(c.cost, c.clock)
 		until, probe, open := ln.gate(now)
 		var wake <-chan struct{}
@@ -138,7 +139,7 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 			wake = ln.wakeAtAnswer()
 		}
 		if open {
-			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
+			for _, l := range [...]*Limiter{ln.policy, ln.win.l, ln.pace} {
 				if l != nil {
 					learned = append(learned, l)
 				}
@@ -396,8 +397,11 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 	ln.flying -= int64(c.cost)
 	ln.configure(c.stats)
 	if v.throttled {
-		ln.tighten(now, c.admitted, c.clock)
+		if !v.named || !ln.fitWindow(now, c.admitted, v.wait, c.clock) {
+			ln.tighten(now, c.admitted, c.clock)
+		}
 	} else {
+		ln.acceptedLate(now, c.admitted, c.cost, c.clock)
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
@@ -440,9 +444,9 @@ func (c *trip) backoff(resp *http.Response, v verdict) error {
 }
 
 // permitSet is the permits of one attempt: a route's, the learned
-// limiters', the connection's.
+// limiters' (policy, window, pacing), the connection's.
 type permitSet struct {
-	ps [4]Permit
+	ps [5]Permit
 	n  int
 }
 

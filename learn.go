@@ -85,6 +85,9 @@ type learner struct {
 	policy     *Limiter // nil: none stricter than the rules
 	policyFull int      // its Remaining when new
 
+	// The window learned from named waits; see learnwindow.go.
+	win winLearn
+
 	// The pacing.
 	pace        *Limiter // nil: none learned
 	burst       int
@@ -590,6 +593,9 @@ func (ln *learner) idle(now time.Time) bool {
 		return false
 	}
 	if ln.pace != nil && now.Sub(ln.changed) < quietSteps*ln.relax {
+		return false
+	}
+	if ln.win.l != nil && !fresh(ln.win.l, ln.win.n) {
 		return false
 	}
 	return ln.policy == nil || fresh(ln.policy, ln.policyFull)

@@ -17,13 +17,24 @@ import (
 // configured rules admit, still goes; throttled, it is retried like any
 // other call, and so is every later batch.
 func TestLearnKeepsHeavyCallsPossible(t *testing.T) {
+	// Without a Retry-After the throttle teaches a pacing; with one, a
+	// window of the calls accepted per wait.
+	for _, ra := range []string{"", "1"} {
+		testHeavyCallsPossible(t, ra)
+	}
+}
+
+func testHeavyCallsPossible(t *testing.T, retryAfter string) {
 	synctest.Test(t, func(t *testing.T) {
 		l, err := New(100, time.Minute)
 		require.NoError(t, err)
 		f := &fakeRT{clock: SystemClock(), reply: func(n int, _ *http.Request) (*http.Response, error) {
 			switch n {
 			case 16, 18: // the 17th call, and the first batch's first attempt
-				return respond(http.StatusTooManyRequests, "Retry-After", "1"), nil
+				if retryAfter == "" {
+					return respond(http.StatusTooManyRequests), nil
+				}
+				return respond(http.StatusTooManyRequests, "Retry-After", retryAfter), nil
 			}
 			return respond(http.StatusOK), nil
 		}}
@@ -41,9 +52,13 @@ func TestLearnKeepsHeavyCallsPossible(t *testing.T) {
 		}
 		require.Len(t, f.callsSeen(), 18, "the 17th was throttled once")
 		tr.single.mu.Lock()
-		pace := tr.single.learn.pace
+		pace, win := tr.single.learn.pace, tr.single.learn.win.l
 		tr.single.mu.Unlock()
-		require.NotNil(t, pace, "the throttle taught a pacing")
+		if retryAfter == "" {
+			require.NotNil(t, pace, "the throttle taught a pacing")
+		} else {
+			require.NotNil(t, win, "the throttle taught a window")
+		}
 
 		for i := range 3 {
 			body := []byte(`{"requests":[]}`)
