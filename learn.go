@@ -13,7 +13,8 @@ import (
 // count differently (a leaky bucket, a sliding counter, a fixed window)
 // and usually says so in its responses. Three things are learned, each of
 // which only ever holds calls back, so the configured rules stay the
-// loosest the Transport can be:
+// loosest the Transport can be (a fourth, the window of a named wait, is
+// in learnwindow.go):
 //
 //   - The budget: a response that says r calls remain before a reset lets
 //     no more than r calls start before that reset, less the calls that
