@@ -119,6 +119,7 @@ type learner struct {
 	// reset that does not reset shows; then a spent quota holds calls back
 	// for one pace, not until the reset.
 	refill bool
+	resets bool // a spent quota was seen to reset: its counts only fall till then
 	peak   int64 // the most calls left that a count said since the last reset
 	spent  bool  // since the last reset, a count left none, or the calls spent them
 
@@ -155,10 +156,13 @@ func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, 
 }
 
 // wakeAtAnswer returns a channel closed when the next call in flight is
-// answered, or nil if none is in flight. A budget spent only by the calls
-// in flight may reopen then: their answers show they were in the count.
+// answered, or nil if none is in flight or the quota has not been seen to
+// reset as a fixed window does. A budget spent only by the calls in
+// flight may reopen then: their answers show they were in the count. (A
+// sliding counter's counts are rounded and rise as its previous window
+// fades; there a spent budget waits for its reset, or its pace.)
 func (ln *learner) wakeAtAnswer() <-chan struct{} {
-	if ln.flying <= 0 {
+	if ln.flying <= 0 || !ln.resets || ln.refill {
 		return nil
 	}
 	if ln.wake == nil {
@@ -278,6 +282,8 @@ func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq
 		// refills as it goes.
 		if ln.spent && (refused || hk.left+int64(others) < ln.peak) {
 			ln.refill = true
+		} else if ln.spent {
+			ln.resets = true
 		}
 		ln.peak, ln.spent = 0, false
 	}
@@ -291,7 +297,7 @@ func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq
 		// its call was counted: it is no longer among those that the
 		// fewest count may lack.
 		if !ln.resetAt.IsZero() && ln.refillWait() == 0 {
-			ln.left = max(ln.left, ln.least-ln.flying)
+			ln.left = ln.least - ln.flying
 		}
 		return
 	}
@@ -303,8 +309,10 @@ func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq
 	if ln.refillWait() == 0 {
 		// Within a window that resets, the count only falls: the fewest
 		// count seen lacks at most the calls still in flight. A call
-		// answered since was in it, or would have said fewer.
-		ln.left = max(ln.left, ln.least-ln.flying)
+		// answered since was in it, or would have said fewer. Counts read
+		// in the order of admission can say more, when the server saw
+		// the calls in another order.
+		ln.left = ln.least - ln.flying
 	}
 	ln.spent = ln.spent || ln.left <= 0
 	reset := min(hk.reset, limit)
