@@ -119,7 +119,7 @@ type learner struct {
 	// reset that does not reset shows; then a spent quota holds calls back
 	// for one pace, not until the reset.
 	refill bool
-	resets bool // a spent quota was seen to reset: its counts only fall till then
+	resets bool  // a spent quota was seen to reset: its counts only fall till then
 	peak   int64 // the most calls left that a count said since the last reset
 	spent  bool  // since the last reset, a count left none, or the calls spent them
 
