@@ -130,12 +130,16 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
 		ln.relaxStep(now, c.clock)
+		ln.relaxWindow(now, c.clock)
+		ln.weigh(c.cost, c.clock)
 		until, probe, open := ln.gate(now)
+		var wake <-chan struct{}
 		if !open && probe == nil {
 			ln.budgetSpent(now, c.clock)
+			wake = ln.wakeAtAnswer()
 		}
 		if open {
-			for _, l := range [...]*Limiter{ln.policy, ln.pace} {
+			for _, l := range [...]*Limiter{ln.policy, ln.win.l, ln.pace} {
 				if l != nil {
 					learned = append(learned, l)
 				}
@@ -146,7 +150,7 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 		if open {
 			return learned, gen, nil
 		}
-		if err := waitGate(c.ctx, c.clock, now, until, probe); err != nil {
+		if err := waitGate(c.ctx, c.clock, now, until, probe, wake); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -188,6 +192,7 @@ func (c *trip) unadmit() {
 	}
 	c.conn.mu.Lock()
 	c.conn.learn.unadmit(c.cost, c.probe)
+	c.conn.learn.answered()
 	c.conn.inflight--
 	c.probe = false
 	c.conn.mu.Unlock()
@@ -207,7 +212,9 @@ func (c *trip) acquirePermits(learned []*Limiter) error {
 		}
 	}
 	for _, l := range learned {
-		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
+		// A policy the server published may admit less at once than the
+		// configured rules: the call takes all of it rather than never go.
+		if err := c.permits.acquire(c.ctx, l, min(c.cost, l.maxWeight)); err != nil {
 			return err
 		}
 	}
@@ -323,6 +330,8 @@ func (c *trip) failed(err error) {
 	if !c.t.DisableLearning {
 		c.conn.mu.Lock()
 		c.conn.inflight--
+		c.conn.learn.flying -= int64(c.cost)
+		c.conn.learn.answered()
 		if c.probe {
 			c.conn.learn.unadmit(0, true)
 			c.probe = false
@@ -385,10 +394,14 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 	defer c.conn.mu.Unlock()
 	c.conn.inflight--
 	ln := &c.conn.learn
+	ln.flying -= int64(c.cost)
 	ln.configure(c.stats)
 	if v.throttled {
-		ln.tighten(now, c.admitted, c.clock)
+		if !v.named || !ln.fitWindow(now, c.admitted, v.wait, c.clock) {
+			ln.tighten(now, c.admitted, c.clock)
+		}
 	} else {
+		ln.acceptedLate(now, c.admitted, c.cost, c.clock)
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
 	if hk.quota || hk.policy {
@@ -398,6 +411,7 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 		ln.endProbe()
 		c.probe = false
 	}
+	ln.answered()
 	return ln.refillWait()
 }
 
@@ -430,9 +444,9 @@ func (c *trip) backoff(resp *http.Response, v verdict) error {
 }
 
 // permitSet is the permits of one attempt: a route's, the learned
-// limiters', the connection's.
+// limiters' (policy, window, pacing), the connection's.
 type permitSet struct {
-	ps [4]Permit
+	ps [5]Permit
 	n  int
 }
 

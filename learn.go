@@ -13,14 +13,20 @@ import (
 // count differently (a leaky bucket, a sliding counter, a fixed window)
 // and usually says so in its responses. Three things are learned, each of
 // which only ever holds calls back, so the configured rules stay the
-// loosest the Transport can be:
+// loosest the Transport can be (a fourth, the window of a named wait, is
+// in learnwindow.go):
 //
 //   - The budget: a response that says r calls remain before a reset lets
 //     no more than r calls start before that reset, less the calls that
 //     the count may not include: those admitted after the counted one,
 //     and those in flight when it was admitted and still in flight. Counts
 //     are read in the order their calls were admitted, so that an answer
-//     that overtakes another does not give calls back. Once a reset has
+//     that overtakes another does not give calls back; but since the
+//     count of a window that resets only falls, the fewest count seen
+//     lacks at most the calls still in flight, and each answer that
+//     comes back gives its call back to the budget. A call held back by
+//     a budget that calls in flight spent waits for their answers as
+//     well as for the reset. Once a reset has
 //     passed the server's state is unknown, so one call goes first (a
 //     probe) and the others wait for its answer. A quota that was spent
 //     before its reset and, right after it, refuses or leaves fewer calls
@@ -66,15 +72,22 @@ type learner struct {
 	left     int64     // calls that may still start before resetAt
 	resetAt  time.Time // zero: no budget known
 	probe    chan struct{}
-	probing  bool  // a reset passed: the next call goes alone
-	seq      int64 // the weight of the calls ever admitted
-	countSeq int64 // seq when the call whose count set left was admitted
-	gen      int   // counts the changes of policy and pace
+	probing  bool          // a reset passed: the next call goes alone
+	seq      int64         // the weight of the calls ever admitted
+	countSeq int64         // seq when the call whose count set left was admitted
+	gen      int           // counts the changes of policy and pace
+	flying   int64         // the weight of the calls admitted and not yet answered
+	wake     chan struct{} // closed at the next answer, for calls the budget holds back
+	least    int64         // the fewest calls left that a count said since the last probe
+	leastOK  bool          // least holds a count
 
 	// The policy.
 	policyHdr  string   // the RateLimit-Policy it was made from
 	policy     *Limiter // nil: none stricter than the rules
 	policyFull int      // its Remaining when new
+
+	// The window learned from named waits; see learnwindow.go.
+	win winLearn
 
 	// The pacing.
 	pace        *Limiter // nil: none learned
@@ -84,6 +97,7 @@ type learner struct {
 	relax       time.Duration // the configured window: one relax step each
 	limit       int           // the configured limit
 	ceiling     int           // the smallest burst the server refused
+	heaviest    int           // the heaviest call seen: the pacing's burst is never less
 	changed     time.Time     // of the last tighten or relax step
 	throttled   time.Time     // of the last tighten: calls admitted before it teach nothing new
 	refused     time.Time     // when the call whose refusal fitted burst was admitted
@@ -105,6 +119,7 @@ type learner struct {
 	// reset that does not reset shows; then a spent quota holds calls back
 	// for one pace, not until the reset.
 	refill bool
+	resets bool  // a spent quota was seen to reset: its counts only fall till then
 	peak   int64 // the most calls left that a count said since the last reset
 	spent  bool  // since the last reset, a count left none, or the calls spent them
 
@@ -140,6 +155,30 @@ func (ln *learner) gate(now time.Time) (until time.Time, probe <-chan struct{}, 
 	return time.Time{}, nil, true
 }
 
+// wakeAtAnswer returns a channel closed when the next call in flight is
+// answered, or nil if none is in flight or the quota has not been seen to
+// reset as a fixed window does. A budget spent only by the calls in
+// flight may reopen then: their answers show they were in the count. (A
+// sliding counter's counts are rounded and rise as its previous window
+// fades; there a spent budget waits for its reset, or its pace.)
+func (ln *learner) wakeAtAnswer() <-chan struct{} {
+	if ln.flying <= 0 || !ln.resets || ln.refill {
+		return nil
+	}
+	if ln.wake == nil {
+		ln.wake = make(chan struct{})
+	}
+	return ln.wake
+}
+
+// answered wakes the calls that wait for an answer.
+func (ln *learner) answered() {
+	if ln.wake != nil {
+		close(ln.wake)
+		ln.wake = nil
+	}
+}
+
 // budgetSpent is told that the budget stopped a call before its reset.
 // While pacing, that means the pace spends the server's quota faster than
 // the server gives it back (a sliding counter whose previous window still
@@ -161,7 +200,7 @@ func (ln *learner) budgetSpent(now time.Time, clock Clock) {
 func (ln *learner) repace(clock Clock) {
 	ln.gen++
 	old := ln.pace
-	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	ln.pace = ln.newPace(clock)
 	if old == nil || ln.pace == nil {
 		return
 	}
@@ -174,6 +213,7 @@ func (ln *learner) repace(clock Clock) {
 // budget, and reports whether it is the probe. The gate must be open.
 func (ln *learner) admit(n int) (isProbe bool) {
 	ln.seq += int64(n)
+	ln.flying += int64(n)
 	if !ln.resetAt.IsZero() {
 		ln.left -= int64(n)
 	}
@@ -187,6 +227,7 @@ func (ln *learner) admit(n int) (isProbe bool) {
 
 // unadmit gives back what admit took, for a call that was not sent.
 func (ln *learner) unadmit(n int, wasProbe bool) {
+	ln.flying -= int64(n)
 	if !ln.resetAt.IsZero() {
 		ln.left += int64(n)
 	}
@@ -241,19 +282,38 @@ func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq
 		// refills as it goes.
 		if ln.spent && (refused || hk.left+int64(others) < ln.peak) {
 			ln.refill = true
+		} else if ln.spent {
+			ln.resets = true
 		}
 		ln.peak, ln.spent = 0, false
 	}
 	ln.peak = max(ln.peak, hk.left)
 	ln.spent = ln.spent || hk.left <= 0
+	if probe || !ln.leastOK || hk.left < ln.least {
+		ln.least, ln.leastOK = hk.left, true
+	}
 	if seq < ln.countSeq {
-		return // a later call's count came first, and knew more
+		// A later call's count came first. This one still tells that
+		// its call was counted: it is no longer among those that the
+		// fewest count may lack.
+		if !ln.resetAt.IsZero() && ln.refillWait() == 0 {
+			ln.left = ln.least - ln.flying
+		}
+		return
 	}
 	ln.countSeq = seq
 	// Perhaps not in the count: the calls admitted after this one, and
 	// those in flight when it was, whatever the order in which the server
 	// saw them and their answers came back.
 	ln.left, ln.refusedLast = hk.left-(ln.seq-seq)-int64(others), refused
+	if ln.refillWait() == 0 {
+		// Within a window that resets, the count only falls: the fewest
+		// count seen lacks at most the calls still in flight. A call
+		// answered since was in it, or would have said fewer. Counts read
+		// in the order of admission can say more, when the server saw
+		// the calls in another order.
+		ln.left = ln.least - ln.flying
+	}
 	ln.spent = ln.spent || ln.left <= 0
 	reset := min(hk.reset, limit)
 	if d := ln.refillWait(); d > 0 && !refused {
@@ -378,7 +438,7 @@ func (ln *learner) accepted(now, admitted time.Time, n int, clock Clock) {
 			ln.every -= ln.slowed
 			ln.slowed = 0
 		}
-		ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+		ln.pace = ln.newPace(clock)
 		ln.gen++
 	}
 	if ln.histN == 0 {
@@ -461,7 +521,7 @@ func (ln *learner) tighten(now, admitted time.Time, clock Clock) {
 		ln.ceiling = max(min(ln.ceiling, prev), ln.burst+1)
 	}
 	ln.changed, ln.throttled = now, now
-	ln.pace = paceLimiter(ln.burst, ln.every, ln.limit, ln.relax, clock)
+	ln.pace = ln.newPace(clock)
 	ln.gen++
 }
 
@@ -501,6 +561,26 @@ func (ln *learner) relaxStep(now time.Time, clock Clock) {
 	ln.repace(clock)
 }
 
+// weigh is told of a call of weight n about to pass the learned limiters.
+// A pacing is fitted to the calls the server accepted, which may all have
+// been lighter: its burst grows to admit n, so that what was learned never
+// makes impossible a call that the configured rules admit.
+func (ln *learner) weigh(n int, clock Clock) {
+	if n <= ln.heaviest {
+		return
+	}
+	ln.heaviest = n
+	if ln.pace != nil && ln.pace.maxWeight < n {
+		ln.repace(clock)
+	}
+}
+
+// newPace returns the limiter of the learned pacing, whose burst admits
+// the heaviest call seen.
+func (ln *learner) newPace(clock Clock) *Limiter {
+	return paceLimiter(max(ln.burst, ln.heaviest), ln.every, ln.limit, ln.relax, clock)
+}
+
 // paceLimiter returns the limiter of a learned pacing: burst calls at
 // once, then one each every, within limit per window.
 func paceLimiter(burst int, every time.Duration, limit int, window time.Duration, clock Clock) *Limiter {
@@ -524,6 +604,9 @@ func (ln *learner) idle(now time.Time) bool {
 	if ln.pace != nil && now.Sub(ln.changed) < quietSteps*ln.relax {
 		return false
 	}
+	if ln.win.l != nil && !fresh(ln.win.l, ln.win.n) {
+		return false
+	}
 	return ln.policy == nil || fresh(ln.policy, ln.policyFull)
 }
 
@@ -534,8 +617,9 @@ func fresh(l *Limiter, full int) bool {
 	return st.InFlight == 0 && st.Waiting == 0 && st.PausedUntil.IsZero() && l.Remaining() >= full
 }
 
-// waitGate waits for what gate named, or for ctx.
-func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-chan struct{}) error {
+// waitGate waits for what gate named, or for ctx; also, before until, for
+// wake, when not nil.
+func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe, wake <-chan struct{}) error {
 	if probe != nil {
 		select {
 		case <-probe:
@@ -549,5 +633,17 @@ func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe <-ch
 		err := fmt.Errorf("limiter: the server's quota resets in %v, after the context deadline: %w", d, ErrWouldExceedDeadline)
 		return &deadlineWaitError{err}
 	}
-	return sleepOn(ctx, clock, d)
+	if wake == nil {
+		return sleepOn(ctx, clock, d)
+	}
+	tm := clock.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C():
+		return nil
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

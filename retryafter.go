@@ -347,13 +347,34 @@ const hdrDate = "Date"
 // counts the latest reset. It reports false when no header names both a
 // count and a reset.
 func quotaLeft(h http.Header, now time.Time) (left int64, reset time.Duration, ok bool) {
+	return quotaLeftOf(h, quotaForms(h), now)
+}
+
+// quotaFields is what quotaForms found of the header forms that carry a
+// count, so that quotaLeftOf need not look them up again.
+type quotaFields struct {
+	dict   []string // RateLimit's field lines
+	remain string   // RateLimit-Remaining's first value
+	xRem   string   // X-RateLimit-Remaining's first value
+}
+
+// quotaForms looks up the forms that carry a count, once.
+func quotaForms(h http.Header) quotaFields {
+	return quotaFields{dict: h[hdrRateLimit], remain: firstOr(h, hdrRateLimitRemain), xRem: firstOr(h, hdrXRateLimitRemain)}
+}
+
+// any reports whether some form carries a count.
+func (q quotaFields) any() bool { return len(q.dict) > 0 || q.remain != "" || q.xRem != "" }
+
+// quotaLeftOf is quotaLeft, of the forms that quotaForms found in h.
+func quotaLeftOf(h http.Header, q quotaFields, now time.Time) (left int64, reset time.Duration, ok bool) {
 	take := func(n int64, d time.Duration) {
 		if !ok || n < left || n == left && d > reset {
 			left, reset, ok = n, max(d, 0), true
 		}
 	}
 	var dict [2]string // the dictionary form: remaining=, reset=
-	for m := range members(h[hdrRateLimit]) {
+	for m := range members(q.dict) {
 		switch {
 		case m.key == "remaining":
 			dict[0] = m.value
@@ -369,11 +390,11 @@ func quotaLeft(h http.Header, now time.Time) (left int64, reset time.Duration, o
 			}
 		}
 	}
-	pairs := [...][2]string{dict, {hdrRateLimitRemain, hdrRateLimitReset}, {hdrXRateLimitRemain, hdrXRateLimitReset}}
+	pairs := [...][2]string{dict, {q.remain, hdrRateLimitReset}, {q.xRem, hdrXRateLimitReset}}
 	for i, p := range pairs {
 		if i > 0 {
 			// Look the reset up only when there is a count.
-			if p[0] = firstOr(h, p[0]); p[0] != "" {
+			if p[0] != "" {
 				p[1] = firstOr(h, p[1])
 			}
 		}
@@ -387,12 +408,6 @@ func quotaLeft(h http.Header, now time.Time) (left int64, reset time.Duration, o
 		}
 	}
 	return left, reset, ok
-}
-
-// mayHaveQuota reports, cheaply, whether quotaLeft or quotaReset could
-// find anything in h.
-func mayHaveQuota(h http.Header) bool {
-	return len(h[hdrRateLimit]) > 0 || len(h[hdrRateLimitRemain]) > 0 || len(h[hdrXRateLimitRemain]) > 0
 }
 
 // policy is one quota a server publishes in RateLimit-Policy: q calls per

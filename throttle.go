@@ -83,6 +83,7 @@ func defaultVerdict(status int, h http.Header, srv time.Time, spent bool) verdic
 type headerKinds struct {
 	quota  bool // RateLimit, RateLimit-Remaining or X-RateLimit-Remaining
 	policy bool // RateLimit-Policy
+	fields quotaFields
 
 	// What quotaLeft read, when quota: the fewest calls left, and the
 	// reset, read against the server's time. Set by readQuota.
@@ -94,12 +95,13 @@ type headerKinds struct {
 // readQuota reads the calls left, once for classify and the learner.
 func (hk *headerKinds) readQuota(h http.Header, srv time.Time) {
 	if hk.quota {
-		hk.left, hk.reset, hk.counted = quotaLeft(h, srv)
+		hk.left, hk.reset, hk.counted = quotaLeftOf(h, hk.fields, srv)
 	}
 }
 
 func kindsOf(h http.Header) headerKinds {
-	return headerKinds{quota: mayHaveQuota(h), policy: len(h[hdrRateLimitPolicy]) > 0}
+	q := quotaForms(h)
+	return headerKinds{quota: q.any(), policy: len(h[hdrRateLimitPolicy]) > 0, fields: q}
 }
 
 // needServerTime reports whether classify may read absolute times from a

@@ -84,7 +84,9 @@ type statser interface {
 // others wait for its answer), makes a RateLimit-Policy stricter than the
 // limiter's rules a rule, and tightens its pacing after a throttle that
 // the rules did not prevent, relaxing it again slowly, never past the
-// rules. A server whose quota does not reset at the reset it names (a
+// rules; a throttle that names a wait much shorter than the first rule's
+// window (GitHub's secondary limit: 403, Retry-After: 1) teaches instead
+// a rule of the calls the server accepted per that wait. A server whose quota does not reset at the reset it names (a
 // sliding counter such as go-chi/httprate) is recognized after its first
 // reset; from then on a spent count holds calls back for one pace instead
 // of until the reset. See learn.go for the exact model. What it learns
