@@ -67,8 +67,7 @@ const (
 // fill the rule, until the earliest lease ends but at most one window (a
 // Done re-times the entry, a Cancel frees it at once); or until a pause
 // ends. newest is the score of the newest finished call in the log (0 if
-// none, or not looked up because the caller's horizon has not passed), from
-// which the caller learns a horizon.
+// none), from which the caller learns a horizon.
 const admitSource = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -122,7 +121,7 @@ if remaining < 0 then
 end
 local function refuse()
 	local newest = 0
-	if held > 0 and now >= tonumber(ARGV[8]) then -- the caller's horizon has passed: a new one
+	if held > 0 then -- every refusal: a caller that only polls keeps a fresh horizon
 		local e = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
 		newest = math.max(tonumber(e[2]), 0)
 	end
