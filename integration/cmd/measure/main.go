@@ -12,6 +12,11 @@
 // Without nginx installed its rows say so. Each row uses a fresh limiter
 // set up as a newcomer would (the server's advertised quota as a window),
 // unless the row says otherwise.
+//
+// Where a row has a fastest possible wall time, each run shows its ratio to
+// it, and the last line says how many runs met issue 8's target (within
+// 1.5x). That target is reported here and not asserted by the tests: it is
+// real time, which a loaded machine stretches; measure on a quiet one.
 package main
 
 import (
@@ -51,7 +56,8 @@ func main() {
 	only := flag.String("only", "", "run only the rows whose server names this (e.g. nginx)")
 	flag.Parse()
 	ctx := context.Background()
-	fmt.Println("| against | setup | server calls | throttled (after the first window) | failed | wall time (fastest possible) |")
+	var target verdict
+	fmt.Printf("| against | setup | server calls | throttled (after the first window) | failed | wall time (fastest possible, ratio; target <= %.1fx) |\n", targetRatio)
 	fmt.Println("|---|---|---|---|---|---|")
 	for _, r := range rows() {
 		if !strings.Contains(r.against, *only) {
@@ -72,11 +78,7 @@ func main() {
 			}
 			cells[1] = append(cells[1], fmt.Sprintf("%d%s", res.throttled, later))
 			cells[2] = append(cells[2], fmt.Sprint(res.failed))
-			wall := fmt.Sprintf("%.2f s", res.wall.Seconds())
-			if res.fastest > 0 {
-				wall += fmt.Sprintf(" (%.1f s)", res.fastest.Seconds())
-			}
-			cells[3] = append(cells[3], wall)
+			cells[3] = append(cells[3], wallCell(res, &target))
 			note = res.note
 		}
 		if note != "" {
@@ -86,6 +88,45 @@ func main() {
 			strings.Join(cells[0], ", "), strings.Join(cells[1], ", "),
 			strings.Join(cells[2], ", "), strings.Join(cells[3], ", "))
 	}
+	fmt.Printf("\nissue 8's target, a wall time within %.1fx of the fastest the server allows: met by %d of %d runs that have a fastest%s\n",
+		targetRatio, target.met, target.runs, target.missed())
+}
+
+// targetRatio is issue 8's target: a job takes at most this many times
+// the fastest the server allows. The tests bound the wall time only
+// loosely (a loaded machine stretches it); this program reports the target.
+const targetRatio = 1.5
+
+// verdict counts the runs that met targetRatio.
+type verdict struct {
+	runs, met int
+	misses    []string
+}
+
+func (v verdict) missed() string {
+	if len(v.misses) == 0 {
+		return ""
+	}
+	return "; missed: " + strings.Join(v.misses, ", ")
+}
+
+// wallCell formats a run's wall time, with the fastest and their ratio
+// when the row has a fastest, and counts the run in v.
+func wallCell(res result, v *verdict) string {
+	wall := fmt.Sprintf("%.2f s", res.wall.Seconds())
+	if res.fastest <= 0 {
+		return wall
+	}
+	ratio := res.wall.Seconds() / res.fastest.Seconds()
+	v.runs++
+	mark := ""
+	if ratio <= targetRatio {
+		v.met++
+	} else {
+		mark = " over"
+		v.misses = append(v.misses, fmt.Sprintf("%.2fx", ratio))
+	}
+	return fmt.Sprintf("%s (%.2f s, %.2fx%s)", wall, res.fastest.Seconds(), ratio, mark)
 }
 
 // naiveJob runs calls through a Transport over New(limit, window), as a
