@@ -12,7 +12,8 @@ import (
 
 // Attempt is one request that went out on the wire, as the Counter saw it.
 type Attempt struct {
-	At     time.Duration // since the Counter's start
+	Sent   time.Duration // when it was sent, since the Counter's start
+	At     time.Duration // when its answer came, since the Counter's start
 	Status int           // 0 for a transport error
 }
 
@@ -39,8 +40,9 @@ func (c *Counter) RoundTrip(req *http.Request) (*http.Response, error) {
 	if base == nil {
 		base = http.DefaultTransport
 	}
+	sent := time.Since(c.start)
 	resp, err := base.RoundTrip(req)
-	a := Attempt{At: time.Since(c.start)}
+	a := Attempt{Sent: sent, At: time.Since(c.start)}
 	if err == nil {
 		a.Status = resp.StatusCode
 	}
@@ -90,6 +92,25 @@ func (r Result) ThrottledAfter(after time.Duration, statuses ...int) int {
 			if a.Status == s && a.At > after {
 				n++
 			}
+		}
+	}
+	return n
+}
+
+// Unforeseen counts the attempts answered 429 that ended later than after
+// and were sent after the first 429 had come back: the refusals a client
+// could have foreseen, once it had been refused. Requests already on the
+// wire when the first refusal came are not counted: several workers'
+// calls can be refused at once before any answer is read.
+func (r Result) Unforeseen(after time.Duration) int {
+	first := r.FirstThrottled()
+	if first < 0 {
+		return 0
+	}
+	n := 0
+	for _, a := range r.Attempts {
+		if a.Status == http.StatusTooManyRequests && a.At > after && a.Sent >= first {
+			n++
 		}
 	}
 	return n

@@ -12,6 +12,11 @@
 // Without nginx installed its rows say so. Each row uses a fresh limiter
 // set up as a newcomer would (the server's advertised quota as a window),
 // unless the row says otherwise.
+//
+// Where a row has a fastest possible wall time, each run shows its ratio to
+// it, and the last line says how many runs met issue 8's target (within
+// 1.5x). That target is reported here and not asserted by the tests: it is
+// real time, which a loaded machine stretches; measure on a quiet one.
 package main
 
 import (
@@ -33,6 +38,7 @@ type row struct {
 	against string
 	setup   string
 	run     func(ctx context.Context) (result, error)
+	target  bool // issue 8's 1.5x target applies (nginx and httprate)
 }
 
 // result is one run of a row.
@@ -51,7 +57,8 @@ func main() {
 	only := flag.String("only", "", "run only the rows whose server names this (e.g. nginx)")
 	flag.Parse()
 	ctx := context.Background()
-	fmt.Println("| against | setup | server calls | throttled (after the first window) | failed | wall time (fastest possible) |")
+	var target verdict
+	fmt.Printf("| against | setup | server calls | throttled (after the first window) | failed | wall time (fastest possible, ratio; target <= %.1fx) |\n", targetRatio)
 	fmt.Println("|---|---|---|---|---|---|")
 	for _, r := range rows() {
 		if !strings.Contains(r.against, *only) {
@@ -72,11 +79,7 @@ func main() {
 			}
 			cells[1] = append(cells[1], fmt.Sprintf("%d%s", res.throttled, later))
 			cells[2] = append(cells[2], fmt.Sprint(res.failed))
-			wall := fmt.Sprintf("%.2f s", res.wall.Seconds())
-			if res.fastest > 0 {
-				wall += fmt.Sprintf(" (%.1f s)", res.fastest.Seconds())
-			}
-			cells[3] = append(cells[3], wall)
+			cells[3] = append(cells[3], wallCell(res, r.target, &target))
 			note = res.note
 		}
 		if note != "" {
@@ -86,6 +89,49 @@ func main() {
 			strings.Join(cells[0], ", "), strings.Join(cells[1], ", "),
 			strings.Join(cells[2], ", "), strings.Join(cells[3], ", "))
 	}
+	fmt.Printf("\nissue 8's target, a wall time within %.1fx of the fastest the server allows: met by %d of %d runs against nginx and httprate%s\n",
+		targetRatio, target.met, target.runs, target.missed())
+}
+
+// targetRatio is issue 8's target: a job takes at most this many times
+// the fastest the server allows. The tests bound the wall time only
+// loosely (a loaded machine stretches it); this program reports the target.
+const targetRatio = 1.5
+
+// verdict counts the runs that met targetRatio.
+type verdict struct {
+	runs, met int
+	misses    []string
+}
+
+func (v verdict) missed() string {
+	if len(v.misses) == 0 {
+		return ""
+	}
+	return "; missed: " + strings.Join(v.misses, ", ")
+}
+
+// wallCell formats a run's wall time, with the fastest and their ratio
+// when the row has a fastest, and counts the run in v when the target
+// applies to the row.
+func wallCell(res result, target bool, v *verdict) string {
+	wall := fmt.Sprintf("%.2f s", res.wall.Seconds())
+	if res.fastest <= 0 {
+		return wall
+	}
+	ratio := res.wall.Seconds() / res.fastest.Seconds()
+	if !target {
+		return fmt.Sprintf("%s (%.2f s, %.2fx)", wall, res.fastest.Seconds(), ratio)
+	}
+	v.runs++
+	mark := ""
+	if ratio <= targetRatio {
+		v.met++
+	} else {
+		mark = " over"
+		v.misses = append(v.misses, fmt.Sprintf("%.2fx", ratio))
+	}
+	return fmt.Sprintf("%s (%.2f s, %.2fx%s)", wall, res.fastest.Seconds(), ratio, mark)
 }
 
 // naiveJob runs calls through a Transport over New(limit, window), as a
@@ -129,6 +175,7 @@ func serverRows() []row {
 		return row{
 			against: "nginx `limit_req` rate=10r/s burst=5 nodelay",
 			setup:   fmt.Sprintf("New(10, time.Second); 40 calls, %d workers", workers),
+			target:  true,
 			run: func(ctx context.Context) (result, error) {
 				ng, err := integration.StartNginx(integration.NginxLimit{Rate: 10, Burst: 5})
 				if err != nil {
@@ -143,6 +190,7 @@ func serverRows() []row {
 		return row{
 			against: "go-chi/httprate 10 per second",
 			setup:   fmt.Sprintf("New(10, time.Second); 40 calls, %d workers", workers),
+			target:  true,
 			run: func(ctx context.Context) (result, error) {
 				h, origin := integration.HTTPRate(10, time.Second)
 				srv := httptest.NewServer(h)
