@@ -3,8 +3,6 @@ package limiter
 import (
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -26,24 +24,8 @@ func runGitHub(t *testing.T, limit int, window time.Duration, calls, workers int
 		tr := NewTransport(srv, l)
 		tr.MaxRetries = 5
 		start := time.Now()
-		var next, bad atomic.Int64
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for next.Add(1) <= int64(calls) {
-					req, err := http.NewRequest(http.MethodGet, "https://api.github.example/repos", nil)
-					if !assert.NoError(t, err) {
-						return
-					}
-					resp, err := tr.RoundTrip(req)
-					if err != nil || resp.StatusCode != http.StatusOK {
-						bad.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
-		wall, refused, failed = time.Since(start), len(srv.refused), int(bad.Load())
+		jobFailed := runJob(t, tr, "https://api.github.example/repos", calls, workers)
+		wall, refused, failed = time.Since(start), len(srv.refused), jobFailed
 
 	})
 	return wall, refused, failed

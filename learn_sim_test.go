@@ -2,10 +2,7 @@ package limiter
 
 import (
 	"fmt"
-	"net/http"
 	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -47,26 +44,9 @@ func runSimAt(t *testing.T, model func() serverModel, calls, workers int, learn 
 		tr := NewTransport(srv, l)
 		tr.DisableLearning = !learn
 		tr.MaxRetries = 5
-		var next atomic.Int64
-		var failed atomic.Int64
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for next.Add(1) <= int64(calls) {
-					req, err := http.NewRequest(http.MethodGet, "https://api.example.com/v1/items", nil)
-					if !assert.NoError(t, err) {
-						return
-					}
-					resp, err := tr.RoundTrip(req)
-					if err != nil || resp.StatusCode != http.StatusOK {
-						failed.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
+		jobFailed := runJob(t, tr, "https://api.example.com/v1/items", calls, workers)
 		res.wall = time.Since(start)
-		res.failed = int(failed.Load())
+		res.failed = jobFailed
 		for _, at := range srv.refused {
 			d := at.Sub(start)
 			res.refusedAt = append(res.refusedAt, d)

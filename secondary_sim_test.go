@@ -3,8 +3,6 @@ package limiter
 import (
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -46,24 +44,8 @@ func runSecondary(t *testing.T, calls, workers int) (wall time.Duration, late, f
 		tr := NewTransport(srv, l)
 		tr.MaxRetries = 5
 		start := time.Now()
-		var next, bad atomic.Int64
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for next.Add(1) <= int64(calls) {
-					req, err := http.NewRequest(http.MethodGet, "https://api.github.example/repos", nil)
-					if !assert.NoError(t, err) {
-						return
-					}
-					resp, err := tr.RoundTrip(req)
-					if err != nil || resp.StatusCode != http.StatusOK {
-						bad.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
-		wall, failed = time.Since(start), int(bad.Load())
+		jobFailed := runJob(t, tr, "https://api.github.example/repos", calls, workers)
+		wall, failed = time.Since(start), jobFailed
 		for _, at := range srv.refused {
 			if at.Sub(start) >= time.Second {
 				late++

@@ -6,7 +6,11 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
 )
 
 // Fakes of the rate limits that real servers enforce, each deciding on
@@ -159,4 +163,29 @@ func (s *fakeServer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return fmt.Sprintf("%d accepted, %d refused", len(s.arrivals), len(s.refused))
+}
+
+// runJob sends calls GET requests to url through tr from workers
+// goroutines, each taking the next call as it finishes one, and returns how
+// many failed (an error, or a status other than 200 after the Transport's
+// retries).
+func runJob(t *testing.T, tr *Transport, url string, calls, workers int) (failed int) {
+	var next, bad atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(calls) {
+				req, err := http.NewRequest(http.MethodGet, url, nil)
+				if !assert.NoError(t, err) {
+					return
+				}
+				resp, err := tr.RoundTrip(req)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					bad.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return int(bad.Load())
 }
