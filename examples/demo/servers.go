@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -152,7 +151,7 @@ func defenderTransport(o options, base http.RoundTripper) (*limiter.Transport, e
 // batchCost weighs a $batch by its inner requests, read from a copy of the
 // body that GetBody hands out.
 func batchCost(req *http.Request) int {
-	if req.Method != http.MethodPost || !strings.HasSuffix(req.URL.Path, "/$batch") || req.GetBody == nil {
+	if !throttleserver.IsBatch(req) || req.GetBody == nil {
 		return 1
 	}
 	body, err := req.GetBody()
@@ -160,13 +159,7 @@ func batchCost(req *http.Request) int {
 		return 1
 	}
 	defer body.Close()
-	var batch struct {
-		Requests []json.RawMessage `json:"requests"`
-	}
-	if err := json.NewDecoder(body).Decode(&batch); err != nil {
-		return 1
-	}
-	return max(len(batch.Requests), 1)
+	return throttleserver.BatchSize(body)
 }
 
 // idealWall is the fastest any client could make opt.calls calls: the

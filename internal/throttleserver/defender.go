@@ -42,13 +42,25 @@ const maxBatchBody = 1 << 20
 // body {"requests": [...]}, as Microsoft Graph and Defender take it) one
 // call per inner request, and any other request 1. It reads the body.
 func BatchCost(r *http.Request) int {
-	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/$batch") || r.Body == nil {
+	if !IsBatch(r) || r.Body == nil {
 		return 1
 	}
+	return BatchSize(r.Body)
+}
+
+// IsBatch reports whether r is a JSON batch: a POST to a path ending in
+// "/$batch".
+func IsBatch(r *http.Request) bool {
+	return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/$batch")
+}
+
+// BatchSize returns the number of inner requests of the batch body
+// {"requests": [...]}, at least 1; a body that is not one counts 1.
+func BatchSize(body io.Reader) int {
 	var batch struct {
 		Requests []json.RawMessage `json:"requests"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, maxBatchBody)).Decode(&batch); err != nil {
+	if err := json.NewDecoder(io.LimitReader(body, maxBatchBody)).Decode(&batch); err != nil {
 		return 1
 	}
 	return max(len(batch.Requests), 1)
