@@ -87,7 +87,9 @@ func TestEndToEnd(t *testing.T) {
 	// send them (19 gaps of 20 ms); 5 workers need a few milliseconds.
 	assert.Less(t, st.Arrivals[limit-1].At.Sub(first), window/2, "the first %d calls should be a burst", limit)
 	// The whole run ideally takes 800 ms plus a few round trips (about
-	// 830 ms here); the bound leaves a loaded CI machine most of a window.
-	assert.Less(t, wall, ideal+window, "wall time")
+	// 830 ms here). Under CPU load the run stretches (1.3 s seen with
+	// stress-ng on both cores), so the bound only catches a stall: a 429
+	// and its backoff, or a waiter that is not woken when its slot frees.
+	assert.Less(t, wall, 2*ideal+window, "wall time")
 	t.Logf("%d calls, %d per %v: %v (ideal %v)", calls, limit, window, wall.Round(time.Millisecond), ideal)
 }
