@@ -99,6 +99,28 @@ func TestNginxLimitReq(t *testing.T) {
 	}
 }
 
+func TestNginxStatedAsBucket(t *testing.T) {
+	// Stated as what it is, limit_req rate=10r/s burst=5 is a bucket of 6
+	// draining one per 100 ms: no call earns a 429, not even the first
+	// window's, and learning has nothing to add (it is off here).
+	ng := startNginx(t)
+	for _, workers := range []int{4, 16} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			l, err := limiter.New(100, 10*time.Second, limiter.WithBucket(6, 100*time.Millisecond))
+			require.NoError(t, err)
+			base := &http.Transport{MaxIdleConnsPerHost: workers}
+			t.Cleanup(base.CloseIdleConnections)
+			counter := NewCounter(base)
+			tr := limiter.NewTransport(counter, l)
+			tr.DisableLearning = true
+			res := Run(context.Background(), &http.Client{Transport: tr}, counter,
+				Job{URL: ng.URL + "/api/items", Key: t.Name(), Calls: 40, Workers: workers})
+			assert.Zero(t, res.Throttled(), "429s")
+			assert.Zero(t, res.Failed, "failed calls")
+		})
+	}
+}
+
 func TestNginxCountsEachKey(t *testing.T) {
 	// The harness itself: without a limiter, 10 calls at once to the
 	// limited location earn exactly 4 x 429 (burst=5 admits 6), and each
