@@ -1,8 +1,6 @@
 package limiter
 
 import (
-	"net/http"
-	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -18,7 +16,7 @@ import (
 func runGitHub(t *testing.T, limit int, window time.Duration, calls, workers int, latency time.Duration) (wall time.Duration, refused, failed int) {
 	synctest.Test(t, func(t *testing.T) {
 		skew := time.Until(t0)
-		srv := &fakeServer{model: &githubRounded{limit: limit, window: window}, latency: latency, skew: skew}
+		srv := &fakeServer{model: &githubWindow{limit: limit, window: window, rounded: true}, latency: latency, skew: skew}
 		l, err := New(limit, window, WithClock(skewedClock{skew}))
 		require.NoError(t, err)
 		tr := NewTransport(srv, l)
@@ -47,35 +45,4 @@ func TestLearnGitHubUsesEveryCall(t *testing.T) {
 			assert.Less(t, w, 10*time.Second, "%d workers, latency %v: no fifth window", workers, lat)
 		}
 	}
-}
-
-// githubRounded is GitHub's primary limit as internal/throttleserver has
-// it: a fixed window that opens with the first call after the last one
-// closed and lasts window rounded up to a whole second, so that its
-// X-RateLimit-Reset in Unix seconds is exact; a call past the limit gets
-// 403 with X-RateLimit-Remaining: 0.
-type githubRounded struct {
-	limit  int
-	window time.Duration
-	reset  time.Time
-	used   int
-}
-
-func (g *githubRounded) decide(now time.Time, h http.Header) (bool, int) {
-	if !now.Before(g.reset) {
-		end := now.Add(g.window)
-		if t := end.Truncate(time.Second); t.Before(end) {
-			end = t.Add(time.Second)
-		}
-		g.reset, g.used = end, 0
-	}
-	h.Set("X-RateLimit-Limit", strconv.Itoa(g.limit))
-	h.Set("X-RateLimit-Reset", strconv.FormatInt(g.reset.Unix(), 10))
-	if g.used >= g.limit {
-		h.Set("X-RateLimit-Remaining", "0")
-		return false, http.StatusForbidden
-	}
-	g.used++
-	h.Set("X-RateLimit-Remaining", strconv.Itoa(g.limit-g.used))
-	return true, 0
 }

@@ -115,25 +115,27 @@ func (c *slidingCounter) decide(now time.Time, h http.Header) (bool, int) {
 	return true, 0
 }
 
-// githubWindow is GitHub's primary limit: a fixed window that starts with
-// the first call, counted down in X-RateLimit-Remaining with the reset in
-// Unix seconds; a call past the limit gets 403.
+// githubWindow is GitHub's primary limit: a fixed window that opens with
+// the first call after the last one closed, counted down in
+// X-RateLimit-Remaining with the reset in Unix seconds; a call past the
+// limit gets 403 with X-RateLimit-Remaining: 0. The window starts at the
+// call's whole second, or, rounded, lasts window rounded up to a whole
+// second as internal/throttleserver has it; either way its reset is exact
+// in Unix seconds.
 type githubWindow struct {
-	limit  int
-	window time.Duration
-	reset  time.Time
-	used   int
+	limit   int
+	window  time.Duration
+	rounded bool
+	reset   time.Time
+	used    int
 }
 
 func (g *githubWindow) decide(now time.Time, h http.Header) (bool, int) {
 	if !now.Before(g.reset) {
-		// The window starts with the call, at the second: its reset is
-		// exact in Unix seconds.
-		g.reset, g.used = now.Truncate(time.Second).Add(g.window), 0
+		g.reset, g.used = g.resetAfter(now), 0
 	}
-	reset := g.reset
 	h.Set("X-RateLimit-Limit", strconv.Itoa(g.limit))
-	h.Set("X-RateLimit-Reset", strconv.FormatInt(reset.Unix(), 10))
+	h.Set("X-RateLimit-Reset", strconv.FormatInt(g.reset.Unix(), 10))
 	if g.used >= g.limit {
 		h.Set("X-RateLimit-Remaining", "0")
 		return false, http.StatusForbidden
@@ -141,6 +143,18 @@ func (g *githubWindow) decide(now time.Time, h http.Header) (bool, int) {
 	g.used++
 	h.Set("X-RateLimit-Remaining", strconv.Itoa(g.limit-g.used))
 	return true, 0
+}
+
+// resetAfter returns the reset of a window opened by a call at now.
+func (g *githubWindow) resetAfter(now time.Time) time.Time {
+	if !g.rounded {
+		return now.Truncate(time.Second).Add(g.window)
+	}
+	end := now.Add(g.window)
+	if t := end.Truncate(time.Second); t.Before(end) {
+		return t.Add(time.Second)
+	}
+	return end
 }
 
 // fastest returns how long n calls take against a fresh copy of a model
