@@ -433,7 +433,7 @@ func (c *trip) backoff(resp *http.Response, v verdict) error {
 	c.throttles++
 	c.held = nil
 	if c.pauser == nil {
-		if err := sleepOn(c.ctx, c.clock, v.pause); err != nil {
+		if err := sleepOn(c.ctx, c.clock, v.pause, nil); err != nil {
 			return err
 		}
 	}

@@ -633,17 +633,5 @@ func waitGate(ctx context.Context, clock Clock, now, until time.Time, probe, wak
 		err := fmt.Errorf("limiter: the server's quota resets in %v, after the context deadline: %w", d, ErrWouldExceedDeadline)
 		return &deadlineWaitError{err}
 	}
-	if wake == nil {
-		return sleepOn(ctx, clock, d)
-	}
-	tm := clock.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C():
-		return nil
-	case <-wake:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return sleepOn(ctx, clock, d, wake)
 }

@@ -315,8 +315,9 @@ func (t *Transport) maxRetryAfter() time.Duration {
 	return t.MaxRetryAfter
 }
 
-// sleepOn waits for d on c, or until ctx ends.
-func sleepOn(ctx context.Context, c Clock, d time.Duration) error {
+// sleepOn waits for d on c, until wake delivers (a nil wake never does),
+// or until ctx ends.
+func sleepOn(ctx context.Context, c Clock, d time.Duration, wake <-chan struct{}) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -324,6 +325,8 @@ func sleepOn(ctx context.Context, c Clock, d time.Duration) error {
 	defer tm.Stop()
 	select {
 	case <-tm.C():
+		return nil
+	case <-wake:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
