@@ -2,7 +2,9 @@ package limiter
 
 import (
 	"context"
+	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,4 +214,60 @@ func lateness(due, got []time.Time) time.Duration {
 	}
 	slices.Sort(late)
 	return late[len(late)*99/100]
+}
+
+// BenchmarkVersusRate alternates batches of calls to this package's Allow
+// and to x/time/rate's, on one goroutine and then on every core, and
+// reports each side's ns per call and their ratio. Interleaving at a fine
+// grain makes the ratio robust to other load on the machine, which slows
+// both sides alike; it is the figure the README quotes.
+func BenchmarkVersusRate(b *testing.B) {
+	b.Run("admit", func(b *testing.B) { benchVersus(b, 1, looseLimiter(b).Allow, looseRate().Allow) })
+	b.Run("refuse", func(b *testing.B) { benchVersus(b, 1, fullLimiter(b).Allow, fullRate()) })
+	p := runtime.GOMAXPROCS(0)
+	b.Run("admit-parallel", func(b *testing.B) { benchVersus(b, p, looseLimiter(b).Allow, looseRate().Allow) })
+	b.Run("refuse-parallel", func(b *testing.B) { benchVersus(b, p, fullLimiter(b).Allow, fullRate()) })
+}
+
+// versusBatch is the number of calls each goroutine makes in one timed
+// batch: long enough that starting the goroutines costs little, short
+// enough that both sides see the same background load.
+const versusBatch = 2000
+
+// benchVersus runs, in each iteration, one batch of ours and one of theirs
+// on g goroutines at once, and reports the median ns per call of each and
+// the ratio of the medians, which a batch preempted by other load barely
+// moves.
+func benchVersus(b *testing.B, g int, ours, theirs func() bool) {
+	var tOurs, tTheirs []time.Duration
+	for b.Loop() {
+		tOurs = append(tOurs, batch(g, ours))
+		tTheirs = append(tTheirs, batch(g, theirs))
+	}
+	mOurs, mTheirs := median(tOurs), median(tTheirs)
+	perCall := float64(g * versusBatch)
+	b.ReportMetric(float64(mOurs)/perCall, "ours-ns/call")
+	b.ReportMetric(float64(mTheirs)/perCall, "rate-ns/call")
+	b.ReportMetric(float64(mOurs)/float64(mTheirs), "ratio")
+}
+
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// batch runs versusBatch calls of f on each of g goroutines and returns
+// the time they took together.
+func batch(g int, f func() bool) time.Duration {
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range g {
+		wg.Go(func() {
+			for range versusBatch {
+				f()
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
 }

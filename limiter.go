@@ -334,12 +334,14 @@ func (l *Limiter) unlock() {
 	switch {
 	case l.queue.len > 0:
 		gate = never
+	case l.admitsLocked(l.last, 1):
+		// The common case, and a cheaper test than nextLocked.
 	default:
-		if at := l.nextLocked(l.last, 1); at > l.last {
-			gate = at
-		}
+		gate = l.nextLocked(l.last, 1)
 	}
-	l.gate.Store(int64(gate))
+	if int64(gate) != l.gate.Load() {
+		l.gate.Store(int64(gate)) // an atomic store costs a locked instruction: skip it when unchanged
+	}
 	l.mu.Unlock()
 }
 

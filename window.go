@@ -49,16 +49,30 @@ func (w *window) pop() {
 	w.n--
 }
 
-// expire drops the instants that no longer count at now.
+// expire drops the instants that no longer count at now. Its common case,
+// nothing to drop, is small enough to be inlined.
 func (w *window) expire(now time.Duration) {
-	for w.n > 0 && addSat(w.ring[w.head], w.size) <= now {
+	// now >= 0 and size > 0, so now-size cannot overflow where t+size can.
+	if w.n > 0 && w.ring[w.head] <= now-w.size {
+		w.drop(now)
+	}
+}
+
+// drop pops the expired instants and shrinks a ring left mostly empty, at
+// once to the size it would reach halving while a quarter full.
+func (w *window) drop(now time.Duration) {
+	for w.n > 0 && w.ring[w.head] <= now-w.size {
 		w.pop()
 	}
 	if w.n == 0 {
 		w.head = 0
 	}
-	if len(w.ring) > minRing && w.n <= len(w.ring)/4 {
-		w.resize(len(w.ring) / 2)
+	c := len(w.ring)
+	for c > minRing && w.n <= c/4 {
+		c /= 2
+	}
+	if c < len(w.ring) {
+		w.resize(c)
 	}
 }
 
@@ -72,6 +86,21 @@ func (w *window) admits(held, n int) bool { return w.n+held+n <= w.limit }
 // oldest instants go: with more than limit calls in the window, only the
 // newest limit can decide an admission.
 func (w *window) push(now time.Duration, k int) {
+	// The common case, small enough to be inlined: one call, and room in
+	// the ring, which never holds more than limit.
+	if k == 1 && w.n < len(w.ring) {
+		i := w.head + w.n
+		if i >= len(w.ring) {
+			i -= len(w.ring)
+		}
+		w.ring[i] = now
+		w.n++
+		return
+	}
+	w.pushSlow(now, k)
+}
+
+func (w *window) pushSlow(now time.Duration, k int) {
 	for w.n > 0 && w.n+k > w.limit {
 		w.pop()
 	}
