@@ -191,7 +191,8 @@ type Transport struct {
 
 	// Set by the constructors.
 	acquirer Acquirer
-	pauser   Pauser // acquirer as a Pauser, or nil
+	lim      *Limiter // acquirer as a *Limiter, or nil
+	pauser   Pauser   // acquirer as a Pauser, or nil
 	group    *Group
 	key      func(*http.Request) string
 	clock    Clock // used when Clock is nil
@@ -214,6 +215,7 @@ func NewTransport(base http.RoundTripper, a Acquirer) *Transport {
 			return t // no limiter: RoundTrip fails rather than panics
 		}
 		t.clock = l.clock
+		t.lim = l
 	}
 	t.acquirer = a
 	t.pauser, _ = a.(Pauser)
@@ -256,8 +258,8 @@ var errNoLimiter = errors.New("limiter: Transport has no limiter; make it with N
 // RoundTrip sends req through the limiter, as the Transport's doc says,
 // and returns the server's response.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	c, err := t.newTrip(req)
-	if err != nil {
+	var c trip // on the stack: nothing keeps it past RoundTrip
+	if err := c.start(t, req); err != nil {
 		if req.Body != nil {
 			req.Body.Close()
 		}

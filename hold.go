@@ -1,0 +1,78 @@
+package limiter
+
+import (
+	"context"
+	"time"
+)
+
+// The Transport's way into a Limiter. A request takes a permit of two or
+// more limiters (a route's, what was learned, the connection's) and ends
+// them all when its response arrives: one reading of the clock serves them
+// all, and a slot granted at once is held without a Permit to allocate.
+// Each function here is the path of Acquire or Done, with the reading
+// given and nothing allocated; a call that has to wait goes the usual way.
+
+// hold is a slot held in a Limiter for the Transport: p is nil when it was
+// granted at once, and the Transport ends it exactly once with release;
+// otherwise it is a waiter's permit, ended with releasePermit.
+type hold struct {
+	l *Limiter
+	n int
+	p *permit
+}
+
+// holdAt is AcquireN(ctx, n) with t, a reading of l's clock as a duration
+// since its epoch, taken by the caller before the call. A reading a little
+// old is clamped to the latest one seen, and can only refuse a call that a
+// fresh one would admit, never the reverse: a call refused at t waits, and
+// its wait reads the clock again.
+func (l *Limiter) holdAt(ctx context.Context, n int, t time.Duration) (hold, error) {
+	if err := checkWeight(n, l.maxWeight); err != nil {
+		return hold{}, err
+	}
+	ctxErr := ctx.Err()
+	if ctxErr != nil && ctxErr != context.DeadlineExceeded {
+		return hold{}, ctxErr
+	}
+	now := l.lock(t)
+	if ctxErr == nil && l.queue.len == 0 && l.admitsLocked(now, n) {
+		l.inflight += n // what grantLocked does, without the permit
+		l.unlock()
+		return hold{l: l, n: n}, nil
+	}
+	w, p, err := l.enterLocked(ctx, ctxErr, now, n, true)
+	l.unlock()
+	if w == nil {
+		if err != nil {
+			return hold{}, err
+		}
+		return hold{l: l, n: n, p: p}, nil
+	}
+	if p, err = l.sleep(w); err != nil {
+		return hold{}, err
+	}
+	return hold{l: l, n: n, p: p}, nil
+}
+
+// waited reports whether the hold was not granted at once.
+func (h hold) waited() bool { return h.p != nil }
+
+// release ends the hold at t, a reading of its limiter's clock since the
+// epoch: Done when done, otherwise Cancel.
+func (h hold) release(t time.Duration, done bool) {
+	if h.p != nil && !h.p.ended.CompareAndSwap(false, true) {
+		return
+	}
+	l := h.l
+	now := l.lock(t)
+	l.inflight -= h.n
+	if done {
+		l.rules.record(now, h.n)
+	}
+	l.grantReadyLocked(now)
+	// The head may have been waiting on this slot, as in permit.end.
+	if hd := l.queue.head; hd != nil {
+		hd.wake()
+	}
+	l.unlock()
+}
