@@ -37,24 +37,28 @@ func (c *connState) route(t *Transport, rt *routeTable, i int) (*Limiter, bool, 
 	if rs := c.routes.Load(); rs != nil && i < len(*rs) && (*rs)[i].l != nil {
 		return (*rs)[i].l, !rt.specs[i].ownClock, nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var rs []routeLimiter
-	if old := c.routes.Load(); old != nil {
-		rs = *old
-	}
-	if i < len(rs) && rs[i].l != nil {
-		return rs[i].l, !rt.specs[i].ownClock, nil
-	}
 	l, err := rt.specs[i].limiter(t.clockOf())
 	if err != nil {
 		return nil, false, err // checked by Route; only a clock set later can fail
 	}
-	next := make([]routeLimiter, max(len(rs), len(rt.specs)))
+	// Another request may have made one meanwhile: it is the one.
+	return c.installRoute(i, l), !rt.specs[i].ownClock, nil
+}
+
+// installRoute makes l the limiter of route i, unless it has one, and
+// returns the limiter the route has.
+func (c *connState) installRoute(i int, l *Limiter) *Limiter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rs := c.routeList()
+	if i < len(rs) && rs[i].l != nil {
+		return rs[i].l
+	}
+	next := make([]routeLimiter, max(len(rs), i+1))
 	copy(next, rs)
 	next[i] = routeLimiter{l, l.Remaining()}
 	c.routes.Store(&next)
-	return l, !rt.specs[i].ownClock, nil
+	return l
 }
 
 // routeList returns the routes' limiters made so far, by route index;
