@@ -27,8 +27,8 @@ type hold struct {
 // fresh one would admit, never the reverse: a call refused at t waits, and
 // its wait reads the clock again.
 func (l *Limiter) holdAt(ctx context.Context, n int, t time.Duration) (hold, error) {
-	if err := checkWeight(n, l.maxWeight); err != nil {
-		return hold{}, err
+	if n < 1 || n > l.maxWeight {
+		return hold{}, checkWeight(n, l.maxWeight)
 	}
 	ctxErr := ctx.Err()
 	if ctxErr != nil && ctxErr != context.DeadlineExceeded {
@@ -69,10 +69,12 @@ func (h hold) release(t time.Duration, done bool) {
 	if done {
 		l.rules.record(now, h.n)
 	}
-	l.grantReadyLocked(now)
-	// The head may have been waiting on this slot, as in permit.end.
-	if hd := l.queue.head; hd != nil {
-		hd.wake()
+	if l.queue.head != nil {
+		l.grantReadyLocked(now)
+		// The head may have been waiting on this slot, as in permit.end.
+		if hd := l.queue.head; hd != nil {
+			hd.wake()
+		}
 	}
 	l.unlock()
 }

@@ -95,7 +95,8 @@ type statser interface {
 // state once idle.
 //
 // Route gives requests that match a pattern rules of their own, and Cost
-// weighs requests.
+// weighs requests. MarshalBinary and UnmarshalBinary carry the state of a
+// Transport's limiters, its routes' among them, across a restart.
 //
 // An attempt that fails before it reached the server, because the
 // connection could not be made (a dial or DNS error, including a proxy's),
