@@ -12,9 +12,10 @@ import (
 // Each function here is the path of Acquire or Done, with the reading
 // given and nothing allocated; a call that has to wait goes the usual way.
 
-// hold is a slot held in a Limiter for the Transport: p is nil when it was
-// granted at once, and the Transport ends it exactly once with release;
-// otherwise it is a waiter's permit, ended with releasePermit.
+// hold is a slot held in a Limiter for the Transport: p is nil when the
+// caller's reading admitted it at once, and the Transport ends it exactly
+// once; otherwise p is the permit that AcquireN's path granted. release
+// ends it either way.
 type hold struct {
 	l *Limiter
 	n int
@@ -22,39 +23,30 @@ type hold struct {
 }
 
 // holdAt is AcquireN(ctx, n) with t, a reading of l's clock as a duration
-// since its epoch, taken by the caller before the call. A reading a little
-// old is clamped to the latest one seen, and can only refuse a call that a
-// fresh one would admit, never the reverse: a call refused at t waits, and
-// its wait reads the clock again.
+// since its epoch, taken by the caller a little before the call: a call
+// that t admits at once is held without a permit. Any other call is
+// decided as AcquireN decides it, on a reading of its own, so that an old
+// t can never make a call wait, or fail its deadline, that a fresh one
+// would admit.
 func (l *Limiter) holdAt(ctx context.Context, n int, t time.Duration) (hold, error) {
-	if n < 1 || n > l.maxWeight {
-		return hold{}, checkWeight(n, l.maxWeight)
-	}
-	ctxErr := ctx.Err()
-	if ctxErr != nil && ctxErr != context.DeadlineExceeded {
-		return hold{}, ctxErr
-	}
-	now := l.lock(t)
-	if ctxErr == nil && l.queue.len == 0 && l.admitsLocked(now, n) {
-		l.inflight += n // what grantLocked does, without the permit
-		l.unlock()
-		return hold{l: l, n: n}, nil
-	}
-	w, p, err := l.enterLocked(ctx, ctxErr, now, n, true)
-	l.unlock()
-	if w == nil {
-		if err != nil {
-			return hold{}, err
+	if n >= 1 && n <= l.maxWeight && ctx.Err() == nil {
+		now := l.lock(t)
+		if l.queue.len == 0 && l.admitsLocked(now, n) {
+			l.inflight += n // what grantLocked does, without the permit
+			l.unlock()
+			return hold{l: l, n: n}, nil
 		}
-		return hold{l: l, n: n, p: p}, nil
+		l.unlock()
 	}
-	if p, err = l.sleep(w); err != nil {
+	p, err := l.wait(ctx, n, true)
+	if err != nil {
 		return hold{}, err
 	}
 	return hold{l: l, n: n, p: p}, nil
 }
 
-// waited reports whether the hold was not granted at once.
+// waited reports whether the hold was not granted at the caller's reading:
+// it may have waited, and the caller's clock reading is old.
 func (h hold) waited() bool { return h.p != nil }
 
 // release ends the hold at t, a reading of its limiter's clock since the
