@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 )
 
@@ -34,19 +33,20 @@ type trip struct {
 	permits  permitSet
 	pauser   Pauser
 	stats    statser
+	now      time.Time // the latest reading of clock, which the limiters share; read again after any wait
+	shared   bool      // the connection's *Limiter reads clock: now serves it
 	admitted time.Time // when it passed the gate, on its way to its permits
 	seq      int64     // the learner's seq once it was admitted
 	before   int       // the attempts in flight when it was admitted
 	probe    bool      // it goes alone, after a reset, to learn the server's state
 }
 
-// newTrip checks the Transport and sets up the call for req.
-func (t *Transport) newTrip(req *http.Request) (*trip, error) {
+// start checks the Transport and sets up c, which is zero, for req.
+func (c *trip) start(t *Transport, req *http.Request) error {
 	if t.group == nil && t.acquirer == nil {
-		return nil, errNoLimiter
+		return errNoLimiter
 	}
-	c := tripPool.Get().(*trip)
-	*c = trip{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1}
+	*c = trip{t: t, req: req, ctx: req.Context(), clock: t.clockOf(), cost: 1, route: -1, shared: t.Clock == nil && t.lim != nil}
 	if t.Cost != nil {
 		c.cost = max(1, t.Cost(req))
 	}
@@ -62,7 +62,7 @@ func (t *Transport) newTrip(req *http.Request) (*trip, error) {
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody != nil && t.MaxRetries > 0 {
 		c.body = newSharedBody(req.Body)
 	}
-	return c, nil
+	return nil
 }
 
 // end releases what the call holds once RoundTrip returns.
@@ -76,13 +76,7 @@ func (c *trip) end() {
 	if c.put {
 		c.conn.put()
 	}
-	*c = trip{} // holds nothing of the request in the pool
-	tripPool.Put(c)
 }
-
-// tripPool recycles trips: one per RoundTrip would be most of its
-// allocations.
-var tripPool = sync.Pool{New: func() any { return new(trip) }}
 
 // acquire waits until the attempt may go: for the budget the server
 // named, then for the permits of the request's route, of what the
@@ -91,10 +85,8 @@ var tripPool = sync.Pool{New: func() any { return new(trip) }}
 // When what was learned changed while it waited, it starts over, so that
 // no call queued before a lesson slips past it.
 func (c *trip) acquire() error {
-	var start time.Time
-	if c.t.OnWait != nil {
-		start = c.clock.Now()
-	}
+	c.now = c.clock.Now()
+	start := c.now
 	for {
 		learned, gen, err := c.gate()
 		if err != nil {
@@ -106,6 +98,7 @@ func (c *trip) acquire() error {
 		if c.admit(gen) {
 			break
 		}
+		c.now = c.clock.Now()
 	}
 	if c.t.OnWait != nil {
 		if waited := c.clock.Now().Sub(start); waited > c.t.WaitThreshold {
@@ -115,17 +108,22 @@ func (c *trip) acquire() error {
 	return nil
 }
 
+// learnedSet is the learned limiters an attempt passes: policy, window,
+// pacing, each nil when there is none. An array, not a slice, so that it
+// costs no allocation.
+type learnedSet [3]*Limiter
+
 // gate waits until the budget the server named lets a call start, and
 // returns the learned limiters to pass and their generation.
-func (c *trip) gate() (learned []*Limiter, gen int, err error) {
+func (c *trip) gate() (learned learnedSet, gen int, err error) {
 	if c.t.DisableLearning {
-		return nil, 0, nil
+		return learned, 0, nil
 	}
 	for {
 		// This reading is also the attempt's admission time: a lesson
 		// learned while the attempt waits for its permits makes it start
 		// over (see admit), so nothing learned lies between the two.
-		now := c.clock.Now()
+		now := c.now
 		c.admitted = now
 		c.conn.mu.Lock()
 		ln := &c.conn.learn
@@ -139,20 +137,16 @@ func (c *trip) gate() (learned []*Limiter, gen int, err error) {
 			wake = ln.wakeAtAnswer()
 		}
 		if open {
-			for _, l := range [...]*Limiter{ln.policy, ln.win.l, ln.pace} {
-				if l != nil {
-					learned = append(learned, l)
-				}
-			}
-			gen = ln.gen
+			learned, gen = learnedSet{ln.policy, ln.win.l, ln.pace}, ln.gen
 		}
 		c.conn.mu.Unlock()
 		if open {
 			return learned, gen, nil
 		}
 		if err := waitGate(c.ctx, c.clock, now, until, probe, wake); err != nil {
-			return nil, 0, err
+			return learned, 0, err
 		}
+		c.now = c.clock.Now()
 	}
 }
 
@@ -165,13 +159,10 @@ func (c *trip) admit(gen int) bool {
 	}
 	c.conn.mu.Lock()
 	ln := &c.conn.learn
-	now := c.admitted
-	if !ln.resetAt.IsZero() || ln.probing {
-		// A budget: the permits may have taken long enough for its reset
-		// to pass, or it may have come while they did.
-		now = c.clock.Now()
-	}
-	_, _, open := ln.gate(now)
+	// A budget's reset may have passed while the permits were taken, or
+	// the budget may have come while they were: c.now was read after any
+	// wait for them.
+	_, _, open := ln.gate(c.now)
 	ok := open && ln.gen == gen
 	if ok {
 		c.probe = ln.admit(c.cost)
@@ -180,7 +171,7 @@ func (c *trip) admit(gen int) bool {
 	}
 	c.conn.mu.Unlock()
 	if !ok {
-		c.permits.cancel()
+		c.permits.cancel(c.now)
 	}
 	return ok
 }
@@ -200,39 +191,66 @@ func (c *trip) unadmit() {
 
 // acquirePermits takes the attempt's permits, cancelling those it took
 // when one fails.
-func (c *trip) acquirePermits(learned []*Limiter) error {
-	c.permits = permitSet{}
+func (c *trip) acquirePermits(learned learnedSet) error {
+	c.permits.n = 0
 	if c.route >= 0 {
-		l, err := c.conn.route(c.t, c.rt, c.route)
+		l, shared, err := c.conn.route(c.t, c.rt, c.route)
 		if err != nil {
 			return err
 		}
-		if err := c.permits.acquire(c.ctx, l, c.cost); err != nil {
+		if err := c.hold(l, c.cost, shared); err != nil {
 			return err
 		}
 	}
 	for _, l := range learned {
+		if l == nil {
+			continue
+		}
 		// A policy the server published may admit less at once than the
 		// configured rules: the call takes all of it rather than never go.
-		if err := c.permits.acquire(c.ctx, l, min(c.cost, l.maxWeight)); err != nil {
+		if err := c.hold(l, min(c.cost, l.maxWeight), true); err != nil {
 			return err
 		}
 	}
-	p, err := c.acquireConn()
-	if err != nil {
-		c.permits.cancel()
+	if err := c.acquireConn(); err != nil {
+		c.permits.cancel(c.now)
 		return err
 	}
-	c.permits.add(p)
+	return nil
+}
+
+// hold adds a slot of weight n of l to the permits, or cancels every
+// permit when it cannot. shared says that l reads the trip's clock, so
+// that c.now serves it.
+func (c *trip) hold(l *Limiter, n int, shared bool) error {
+	var t time.Duration
+	if shared {
+		t = c.now.Sub(l.epoch)
+	} else {
+		t = l.since()
+	}
+	h, err := l.holdAt(c.ctx, n, t)
+	if err != nil {
+		c.permits.cancel(c.now)
+		return err
+	}
+	c.permits.add(h, shared)
+	if h.waited() {
+		c.now = c.clock.Now()
+	}
 	return nil
 }
 
 // acquireConn takes the connection's permit: from the key's limiter of the
 // group, or from the Acquirer.
-func (c *trip) acquireConn() (Permit, error) {
+func (c *trip) acquireConn() error {
 	var p Permit
 	var err error
-	if c.t.group != nil {
+	switch {
+	case c.t.lim != nil:
+		c.pauser, c.stats = c.t.lim, c.t.lim
+		return c.hold(c.t.lim, c.cost, c.shared)
+	case c.t.group != nil:
 		// The Group's own acquire keeps the limiter it grants from and
 		// sweeps idle keys now and then; a weight needs AcquireN on the
 		// key's limiter, which Get keeps for at least a window.
@@ -241,7 +259,7 @@ func (c *trip) acquireConn() (Permit, error) {
 		if l != nil {
 			c.pauser, c.stats = l, l
 		}
-	} else {
+	default:
 		c.pauser = c.t.pauser
 		c.stats, _ = c.t.acquirer.(statser)
 		if an, ok := c.t.acquirer.(acquirerN); ok {
@@ -250,10 +268,15 @@ func (c *trip) acquireConn() (Permit, error) {
 			p, err = c.t.acquirer.Acquire(c.ctx)
 		}
 	}
-	if err == nil && p == nil {
+	if err != nil {
+		return err
+	}
+	if p == nil {
 		p = noPermit{} // a careless Acquirer; nothing to end
 	}
-	return p, err
+	c.permits.other = p
+	c.now = c.clock.Now() // it may have waited
+	return nil
 }
 
 // acquireFailed returns what RoundTrip returns when acquire fails.
@@ -274,7 +297,7 @@ func (c *trip) acquireFailed(err error) (*http.Response, error) {
 func (c *trip) send() (*http.Response, error) {
 	r, err := c.attemptRequest()
 	if err != nil {
-		c.permits.cancel()
+		c.permits.cancel(c.now)
 		c.unadmit()
 		return nil, err
 	}
@@ -338,11 +361,12 @@ func (c *trip) failed(err error) {
 		}
 		c.conn.mu.Unlock()
 	}
+	now := c.clock.Now()
 	if neverSent(err) {
-		c.permits.cancel()
+		c.permits.cancel(now)
 		return
 	}
-	c.permits.done()
+	c.permits.done(now)
 }
 
 // neverSent reports whether err says that the request never reached the
@@ -364,13 +388,15 @@ func (c *trip) classify(resp *http.Response) verdict {
 	srv := now
 	hk := kindsOf(resp.Header)
 	if hk.needServerTime(resp.StatusCode) {
-		c.conn.mu.Lock()
-		srv = c.conn.learn.serverTime(resp.Header, now)
-		c.conn.mu.Unlock()
+		if date, ok := firstValue(resp.Header, hdrDate); ok {
+			c.conn.mu.Lock()
+			srv = c.conn.learn.serverTime(date, now)
+			c.conn.mu.Unlock()
+		}
 		hk.readQuota(resp.Header, srv)
 	}
-	v := c.t.classify(resp, srv, c.throttles, hk)
-	if refill := c.learn(resp, now, v, hk); refill > 0 && !v.throttled && v.pause > 0 {
+	v := c.t.classify(resp, srv, c.throttles, &hk)
+	if refill := c.learn(resp, now, v, &hk); refill > 0 && !v.throttled && v.pause > 0 {
 		// A spent quota that refills as it goes frees a call each pace.
 		v.pause = refill
 	}
@@ -378,15 +404,16 @@ func (c *trip) classify(resp *http.Response) verdict {
 		c.pauser.PauseUntil(now.Add(min(v.pause, c.t.maxRetryAfter())))
 	}
 	// Done after the pause: the call keeps the limiter in use, so a
-	// Group cannot have dropped the limiter that was just paused.
-	c.permits.done()
+	// Group cannot have dropped the limiter that was just paused. The
+	// response arrived at now: that is when the calls are done.
+	c.permits.done(now)
 	return v
 }
 
 // learn updates what the Transport knows of the server from resp, and
 // returns how long a spent quota holds calls back when the server's quota
 // refills as it goes (0: until its reset).
-func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKinds) (refill time.Duration) {
+func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk *headerKinds) (refill time.Duration) {
 	if c.t.DisableLearning {
 		return 0
 	}
@@ -404,8 +431,8 @@ func (c *trip) learn(resp *http.Response, now time.Time, v verdict, hk headerKin
 		ln.acceptedLate(now, c.admitted, c.cost, c.clock)
 		ln.accepted(now, c.admitted, c.cost, c.clock)
 	}
-	if hk.quota || hk.policy {
-		ln.observe(resp.Header, hk, now, v.throttled, c.probe, c.seq, min(c.before, c.conn.inflight), c.t.maxRetryAfter(), c.clock)
+	if hk.quota || hk.policy != nil {
+		ln.observe(hk, now, v.throttled, c.probe, c.seq, min(c.before, c.conn.inflight), c.t.maxRetryAfter(), c.clock)
 	}
 	if c.probe {
 		ln.endProbe()
@@ -443,42 +470,51 @@ func (c *trip) backoff(resp *http.Response, v verdict) error {
 	return nil
 }
 
-// permitSet is the permits of one attempt: a route's, the learned
-// limiters' (policy, window, pacing), the connection's.
+// permitSet is the permits of one attempt: holds of a route's limiter,
+// the learned limiters (policy, window, pacing) and the connection's
+// *Limiter, or the permit of another Acquirer or a Group.
 type permitSet struct {
-	ps [5]Permit
-	n  int
+	hs    [5]permitHold
+	n     int
+	other Permit // nil: none
 }
 
-// acquire adds a permit of weight n from l, or cancels every permit of
-// the set when it cannot.
-func (s *permitSet) acquire(ctx context.Context, l *Limiter, n int) error {
-	p, err := l.AcquireN(ctx, n)
-	if err != nil {
-		s.cancel()
-		return err
-	}
-	s.add(p)
-	return nil
+// permitHold is a hold, and whether its limiter reads the trip's clock, so that
+// the trip's readings serve it.
+type permitHold struct {
+	hold
+	shared bool
 }
 
-func (s *permitSet) add(p Permit) {
-	s.ps[s.n] = p
+func (s *permitSet) add(h hold, shared bool) {
+	s.hs[s.n] = permitHold{h, shared}
 	s.n++
 }
 
-func (s *permitSet) done() {
-	for _, p := range s.ps[:s.n] {
-		p.Done()
-	}
-	s.n = 0
-}
+// done ends every permit with Done at now, a reading of the trip's clock.
+func (s *permitSet) done(now time.Time) { s.end(now, true) }
 
-func (s *permitSet) cancel() {
-	for _, p := range s.ps[:s.n] {
-		p.Cancel()
+// cancel ends every permit with Cancel.
+func (s *permitSet) cancel(now time.Time) { s.end(now, false) }
+
+func (s *permitSet) end(now time.Time, done bool) {
+	for i := range s.hs[:s.n] {
+		h := &s.hs[i]
+		if h.shared {
+			h.release(now.Sub(h.l.epoch), done)
+		} else {
+			h.release(h.l.since(), done)
+		}
 	}
-	s.n = 0
+	s.n = 0 // what is left past n is never read again
+	switch {
+	case s.other == nil:
+	case done:
+		s.other.Done()
+	default:
+		s.other.Cancel()
+	}
+	s.other = nil
 }
 
 type noPermit struct{}

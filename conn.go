@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,8 +14,11 @@ type connState struct {
 	mu       sync.Mutex
 	refs     int // RoundTrips using it now; a state in use is never dropped
 	inflight int // attempts sent whose response has not been read
-	routes   []routeLimiter
 	learn    learner
+
+	// routes is replaced, under mu, never changed, so that a request
+	// finds its route's limiter without the lock.
+	routes atomic.Pointer[[]routeLimiter]
 
 	key string // in the connTable
 	idx int    // in connTable.list
@@ -27,21 +31,43 @@ type routeLimiter struct {
 	full int
 }
 
-// route returns the limiter of route i, making it on first use.
-func (c *connState) route(t *Transport, rt *routeTable, i int) (*Limiter, error) {
+// route returns the limiter of route i, making it on first use, and
+// whether it reads the Transport's clock.
+func (c *connState) route(t *Transport, rt *routeTable, i int) (*Limiter, bool, error) {
+	if rs := c.routes.Load(); rs != nil && i < len(*rs) && (*rs)[i].l != nil {
+		return (*rs)[i].l, !rt.specs[i].ownClock, nil
+	}
+	l, err := rt.specs[i].limiter(t.clockOf())
+	if err != nil {
+		return nil, false, err // checked by Route; only a clock set later can fail
+	}
+	// Another request may have made one meanwhile: it is the one.
+	return c.installRoute(i, l), !rt.specs[i].ownClock, nil
+}
+
+// installRoute makes l the limiter of route i, unless it has one, and
+// returns the limiter the route has.
+func (c *connState) installRoute(i int, l *Limiter) *Limiter {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.routes) < len(rt.specs) {
-		c.routes = append(c.routes, make([]routeLimiter, len(rt.specs)-len(c.routes))...)
+	rs := c.routeList()
+	if i < len(rs) && rs[i].l != nil {
+		return rs[i].l
 	}
-	if c.routes[i].l == nil {
-		l, err := rt.specs[i].limiter(t.clockOf())
-		if err != nil {
-			return nil, err // checked by Route; only a clock set later can fail
-		}
-		c.routes[i] = routeLimiter{l, l.Remaining()}
+	next := make([]routeLimiter, max(len(rs), i+1))
+	copy(next, rs)
+	next[i] = routeLimiter{l, l.Remaining()}
+	c.routes.Store(&next)
+	return l
+}
+
+// routeList returns the routes' limiters made so far, by route index;
+// some may be nil.
+func (c *connState) routeList() []routeLimiter {
+	if rs := c.routes.Load(); rs != nil {
+		return *rs
 	}
-	return c.routes[i].l, nil
+	return nil
 }
 
 // idleLocked reports whether c holds nothing that matters at now, so that
@@ -51,7 +77,7 @@ func (c *connState) idleLocked(now time.Time) bool {
 	if c.refs > 0 || c.inflight > 0 || !c.learn.idle(now) {
 		return false
 	}
-	for _, r := range c.routes {
+	for _, r := range c.routeList() {
 		if r.l != nil && !fresh(r.l, r.full) {
 			return false
 		}

@@ -250,11 +250,11 @@ func (ln *learner) endProbe() {
 // just after the call was admitted, others the calls in flight when it
 // was, refused whether the server refused the call; a reset further than
 // limit counts as limit.
-func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused, probe bool, seq int64, others int, limit time.Duration, clock Clock) {
+func (ln *learner) observe(hk *headerKinds, now time.Time, refused, probe bool, seq int64, others int, limit time.Duration, clock Clock) {
 	if hk.counted {
 		ln.count(hk, now, refused, probe, seq, others, limit)
 	}
-	if vs := h[hdrRateLimitPolicy]; len(vs) > 0 && vs[0] != ln.policyHdr {
+	if vs := hk.policy; len(vs) > 0 && vs[0] != ln.policyHdr {
 		ln.policyHdr = vs[0]
 		ln.policy = policyLimiter(policies(vs), ln.cfg, ln.step > 0, clock)
 		ln.gen++
@@ -274,7 +274,7 @@ func (ln *learner) observe(h http.Header, hk headerKinds, now time.Time, refused
 // count takes the budget from a response's count of calls left: see the
 // top of this file. probe says whether the response answers the first
 // call after a reset.
-func (ln *learner) count(hk headerKinds, now time.Time, refused, probe bool, seq int64, others int, limit time.Duration) {
+func (ln *learner) count(hk *headerKinds, now time.Time, refused, probe bool, seq int64, others int, limit time.Duration) {
 	if probe {
 		// A quota that was spent before the reset and right after it
 		// refuses, or leaves fewer calls than the reset before it did
@@ -385,7 +385,7 @@ func implied(limit int, window time.Duration, p policy) bool {
 	return int64(limit) <= int64(p.q)/k
 }
 
-// serverTime returns the server's time when a response with header h
+// serverTime returns the server's time when a response whose Date is v
 // arrived at local time now. Absolute times in the headers (an HTTP-date,
 // a reset in Unix seconds) are read against it, so that a client whose
 // clock is off still waits as long as the server means. While the Dates
@@ -394,12 +394,9 @@ func implied(limit int, window time.Duration, p policy) bool {
 // is the latest bound from below of the server's clock that the Dates give
 // (each is truncated to the second, and made before the response
 // arrived), so that a wait read against it is never shorter than the
-// server's. Without a Date, it is now.
-func (ln *learner) serverTime(h http.Header, now time.Time) time.Time {
-	v, ok := firstValue(h, hdrDate)
-	if !ok {
-		return now
-	}
+// server's. A response without a Date needs no call: its server's time
+// is now.
+func (ln *learner) serverTime(v string, now time.Time) time.Time {
 	if v != ln.lastDate {
 		// The first response of each second is the best sample of it.
 		ln.lastDate = v

@@ -336,10 +336,10 @@ func TestBudgetSpentSlowsThePace(t *testing.T) {
 	h := mkHeader("X-RateLimit-Remaining", "0", "X-RateLimit-Reset", "1")
 	hk := kindsOf(h)
 	hk.readQuota(h, t0)
-	ln.observe(h, hk, t0, true, false, ln.seq, 0, time.Minute, c)
+	ln.observe(&hk, t0, true, false, ln.seq, 0, time.Minute, c)
 	ln.budgetSpent(t0, c)
 	assert.Equal(t, 100*time.Millisecond, ln.every, "a refusal's count")
-	ln.observe(h, hk, t0, false, false, ln.seq, 0, time.Minute, c)
+	ln.observe(&hk, t0, false, false, ln.seq, 0, time.Minute, c)
 	ln.budgetSpent(t0, c)
 	assert.Equal(t, 100*time.Millisecond, ln.every, "within a window of the throttle")
 	at := t0.Add(time.Second + time.Millisecond) // a window after the throttle

@@ -12,15 +12,27 @@ import (
 // routeSpec is a route as Route registered it; each connection key makes
 // its own limiter from it.
 type routeSpec struct {
-	pattern string
-	limit   int
-	window  time.Duration
-	opts    []Option
+	pattern  string
+	limit    int
+	window   time.Duration
+	opts     []Option
+	ownClock bool // opts name a clock: the Transport's readings do not serve it
 }
 
 func (s *routeSpec) limiter(clock Clock) (*Limiter, error) {
 	opts := append([]Option{WithClock(clock)}, s.opts...)
 	return New(s.limit, s.window, opts...)
+}
+
+// namesClock reports whether opts set a clock.
+func namesClock(opts []Option) bool {
+	var cfg config
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	return cfg.clock != nil
 }
 
 // routeTable is the Transport's routes: a ServeMux whose handlers name the
@@ -30,6 +42,7 @@ func (s *routeSpec) limiter(clock Clock) (*Limiter, error) {
 type routeTable struct {
 	mux   *http.ServeMux
 	specs []routeSpec
+	hosts bool // some pattern names a host; otherwise ServeMux's answer does not depend on it
 
 	// cache remembers ServeMux's recent answers, so that the common case,
 	// a request like one seen before, costs a hash and a comparison rather
@@ -57,11 +70,18 @@ func (rt *routeTable) match(req *http.Request) int {
 	if rt == nil || req.URL == nil {
 		return -1
 	}
-	// ServeMux decides from the method, the host and the path alone.
+	// ServeMux decides from the method, the host (when a pattern names
+	// one) and the path alone. The method, one of a few, is compared but
+	// not hashed.
 	u := req.URL
-	hash := maphash.String(rt.seed, u.Path) ^ maphash.String(rt.seed, req.Host)*31 ^ maphash.String(rt.seed, req.Method)*17
+	hash := maphash.String(rt.seed, u.Path) ^ uint64(len(req.Method))*17
+	host := ""
+	if rt.hosts {
+		host = req.Host
+		hash ^= maphash.String(rt.seed, host) * 31
+	}
 	slot := &rt.cache[hash%routeCacheSize]
-	if a := slot.Load(); a != nil && a.path == u.Path && a.host == req.Host && a.method == req.Method && a.rawPath == u.RawPath {
+	if a := slot.Load(); a != nil && a.path == u.Path && a.host == host && a.method == req.Method && a.rawPath == u.RawPath {
 		return a.route
 	}
 	route := -1
@@ -69,7 +89,7 @@ func (rt *routeTable) match(req *http.Request) int {
 	if i, ok := h.(routeIndex); ok && int(i) < len(rt.specs) {
 		route = int(i)
 	}
-	slot.Store(&routeAnswer{req.Method, req.Host, u.Path, u.RawPath, route})
+	slot.Store(&routeAnswer{req.Method, host, u.Path, u.RawPath, route})
 	return route
 }
 
@@ -90,7 +110,7 @@ func (rt *routeTable) match(req *http.Request) int {
 // rejects. Register routes before the Transport's first request; Route is
 // safe to call concurrently with itself.
 func (t *Transport) Route(pattern string, limit int, window time.Duration, opts ...Option) (err error) {
-	spec := routeSpec{pattern, limit, window, append([]Option(nil), opts...)}
+	spec := routeSpec{pattern, limit, window, append([]Option(nil), opts...), namesClock(opts)}
 	if _, err := spec.limiter(t.clockOf()); err != nil {
 		return &routeError{pattern, err}
 	}
@@ -101,6 +121,7 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	if old != nil {
 		next.mux = old.mux
 		next.specs = append(next.specs, old.specs...)
+		next.hosts = old.hosts
 	}
 	defer func() {
 		// ServeMux panics on a pattern it rejects, before registering it.
@@ -110,8 +131,19 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	}()
 	next.mux.Handle(pattern, routeIndex(len(next.specs)))
 	next.specs = append(next.specs, spec)
+	next.hosts = next.hosts || namesHost(pattern)
 	t.routes.Store(next)
 	return nil
+}
+
+// namesHost reports whether pattern, which ServeMux accepted, names a
+// host: "[METHOD ][HOST]/[PATH]", read as ServeMux reads it.
+func namesHost(pattern string) bool {
+	rest := pattern
+	if i := strings.IndexAny(pattern, " \t"); i >= 0 {
+		rest = strings.TrimLeft(pattern[i+1:], " \t")
+	}
+	return !strings.HasPrefix(rest, "/")
 }
 
 // routeError is the error of a route that cannot be registered: err says

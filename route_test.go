@@ -42,10 +42,9 @@ func TestRouteRejectsAndRegistersNothing(t *testing.T) {
 // routeOf returns the limiter of route i of a Transport from NewTransport.
 func routeOf(t *testing.T, tr *Transport, i int) *Limiter {
 	t.Helper()
-	tr.single.mu.Lock()
-	defer tr.single.mu.Unlock()
-	require.Greater(t, len(tr.single.routes), i)
-	return tr.single.routes[i].l
+	rs := tr.single.routeList()
+	require.Greater(t, len(rs), i)
+	return rs[i].l
 }
 
 // The most specific pattern wins, as ServeMux decides; the route's rules
@@ -164,4 +163,88 @@ func BenchmarkTransportTenRoutes(b *testing.B) {
 			}
 		})
 	}
+}
+
+// A pattern that names a host matches only that host, also once the
+// answer for another host with the same path is remembered.
+func TestRouteHostPattern(t *testing.T) {
+	tr, _, _, _ := newTestTransport(t, t0, 100, time.Minute, replies(answer(200)))
+	require.NoError(t, tr.Route("/v2/", 10, time.Minute))
+	require.NoError(t, tr.Route("api.example.com/v1/", 10, time.Minute))
+	ctx := context.Background()
+	rt := tr.routes.Load()
+	for i, tc := range []struct {
+		url  string
+		want int
+	}{
+		{"https://api.example.com/v1/x", 1},
+		{"https://other.example.com/v1/x", -1},
+		{"https://api.example.com/v1/x", 1},
+		{"https://other.example.com/v2/x", 0},
+		{"https://api.example.com/v2/x", 0},
+	} {
+		assert.Equal(t, tc.want, rt.match(newGet(t, ctx, tc.url)), "request %d: %s", i, tc.url)
+	}
+}
+
+func TestNamesHost(t *testing.T) {
+	for pattern, want := range map[string]bool{
+		"/":                        false,
+		"/api/{id}/":               false,
+		"GET /api/":                false,
+		"POST\t /api/x":            false,
+		"api.example.com/":         true,
+		"GET api.example.com/v1/":  true,
+		"{sub}.example.com/x":      true,
+		"DELETE  example.com/a/b/": true,
+	} {
+		assert.Equal(t, want, namesHost(pattern), pattern)
+	}
+}
+
+// A route whose options name a clock of its own counts on that clock, not
+// on the Transport's.
+func TestRouteOwnClock(t *testing.T) {
+	tr, f, _, c := newTestTransport(t, t0, 100, time.Minute, replies(answer(200)))
+	own := NewManualClock(t0)
+	require.NoError(t, tr.Route("/v1/", 1, time.Minute, WithClock(own)))
+	ctx := context.Background()
+	_, err := syncRoundTrip(t, tr, newGet(t, ctx, "https://api.example.com/v1/a"))
+	require.NoError(t, err)
+	c.Advance(time.Hour)
+	waiting := roundTrip(tr, newGet(t, ctx, "https://api.example.com/v1/b"))
+	blockUntil(t, own, 1, "the route's clock has not moved: its window is full")
+	requirePending(t, waiting)
+	own.Advance(time.Minute)
+	require.NoError(t, recv(t, waiting).err)
+	assert.Len(t, f.callsSeen(), 2)
+}
+
+// A call that waits for its route past the reset of the server's budget
+// finds, once admitted, that the server's state is unknown: it goes as
+// the probe, alone, as a call that reached the gate after the reset would.
+func TestRouteWaitPastBudgetReset(t *testing.T) {
+	inBase, release := make(chan struct{}), make(chan struct{})
+	reply := func(n int, _ *http.Request) (*http.Response, error) {
+		if n == 1 {
+			close(inBase)
+			<-release
+		}
+		return respond(200, "X-RateLimit-Remaining", "5", "X-RateLimit-Reset", "30"), nil
+	}
+	tr, _, _, c := newTestTransport(t, t0, 100, time.Minute, reply)
+	require.NoError(t, tr.Route("/r", 1, time.Minute))
+	ctx := context.Background()
+	_, err := syncRoundTrip(t, tr, newGet(t, ctx, "https://api.example.com/r"))
+	require.NoError(t, err)
+	second := roundTrip(tr, newGet(t, ctx, "https://api.example.com/r"))
+	blockUntil(t, c, 1, "the second call waits for its route, through the reset at t0+30s")
+	c.Advance(time.Minute)
+	recv(t, inBase)
+	tr.single.mu.Lock()
+	probing := tr.single.learn.probe != nil
+	tr.single.mu.Unlock()
+	assert.True(t, probing, "the second call is the probe")
+	close(release)
+	require.NoError(t, recv(t, second).err)
 }

@@ -24,7 +24,7 @@ type verdict struct {
 // Throttled, by default: 429; 503 with a Retry-After; 403 with a
 // Retry-After or a spent-quota header (GitHub's secondary and primary
 // limits). Classify, when set, is asked first.
-func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int, hk headerKinds) verdict {
+func (t *Transport) classify(resp *http.Response, srv time.Time, attempt int, hk *headerKinds) verdict {
 	h := resp.Header
 	var v verdict
 	if t.Classify != nil && resp.StatusCode >= 400 {
@@ -81,8 +81,8 @@ func defaultVerdict(status int, h http.Header, srv time.Time, spent bool) verdic
 // lookups made once, so that the rest of the work is skipped when there
 // are none.
 type headerKinds struct {
-	quota  bool // RateLimit, RateLimit-Remaining or X-RateLimit-Remaining
-	policy bool // RateLimit-Policy
+	quota  bool     // RateLimit, RateLimit-Remaining or X-RateLimit-Remaining
+	policy []string // RateLimit-Policy's field lines
 	fields quotaFields
 
 	// What quotaLeft read, when quota: the fewest calls left, and the
@@ -101,12 +101,12 @@ func (hk *headerKinds) readQuota(h http.Header, srv time.Time) {
 
 func kindsOf(h http.Header) headerKinds {
 	q := quotaForms(h)
-	return headerKinds{quota: q.any(), policy: len(h[hdrRateLimitPolicy]) > 0, fields: q}
+	return headerKinds{quota: q.any(), policy: h[hdrRateLimitPolicy], fields: q}
 }
 
 // needServerTime reports whether classify may read absolute times from a
 // response of status with these headers.
-func (hk headerKinds) needServerTime(status int) bool {
+func (hk *headerKinds) needServerTime(status int) bool {
 	return hk.quota || status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable || status == http.StatusForbidden
 }
 

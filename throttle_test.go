@@ -42,7 +42,7 @@ func TestClassifyDefaults(t *testing.T) {
 			resp := respond(tc.status, tc.kv...)
 			hk := kindsOf(resp.Header)
 			hk.readQuota(resp.Header, t0)
-			v := tr.classify(resp, t0, 0, hk)
+			v := tr.classify(resp, t0, 0, &hk)
 			assert.Equal(t, tc.throttled, v.throttled)
 			if tc.wait < 0 {
 				assert.False(t, v.named)

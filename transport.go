@@ -95,7 +95,8 @@ type statser interface {
 // state once idle.
 //
 // Route gives requests that match a pattern rules of their own, and Cost
-// weighs requests.
+// weighs requests. MarshalBinary and UnmarshalBinary carry the state of a
+// Transport's limiters, its routes' among them, across a restart.
 //
 // An attempt that fails before it reached the server, because the
 // connection could not be made (a dial or DNS error, including a proxy's),
@@ -191,7 +192,8 @@ type Transport struct {
 
 	// Set by the constructors.
 	acquirer Acquirer
-	pauser   Pauser // acquirer as a Pauser, or nil
+	lim      *Limiter // acquirer as a *Limiter, or nil
+	pauser   Pauser   // acquirer as a Pauser, or nil
 	group    *Group
 	key      func(*http.Request) string
 	clock    Clock // used when Clock is nil
@@ -214,6 +216,7 @@ func NewTransport(base http.RoundTripper, a Acquirer) *Transport {
 			return t // no limiter: RoundTrip fails rather than panics
 		}
 		t.clock = l.clock
+		t.lim = l
 	}
 	t.acquirer = a
 	t.pauser, _ = a.(Pauser)
@@ -256,8 +259,8 @@ var errNoLimiter = errors.New("limiter: Transport has no limiter; make it with N
 // RoundTrip sends req through the limiter, as the Transport's doc says,
 // and returns the server's response.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	c, err := t.newTrip(req)
-	if err != nil {
+	var c trip // on the stack: nothing keeps it past RoundTrip
+	if err := c.start(t, req); err != nil {
 		if req.Body != nil {
 			req.Body.Close()
 		}

@@ -833,3 +833,35 @@ func TestTransportNoQueueReturns429(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 429, resp.StatusCode)
 }
+
+// A request that needs no wait allocates nothing in the Transport, with
+// or without a route: the trip lives on the stack, and a slot granted at
+// once is held without a Permit.
+func TestTransportAllocatesNothing(t *testing.T) {
+	if raceOn {
+		t.Skip("the race detector allocates")
+	}
+	for _, path := range []string{"/v1/things", "/v1/routed"} {
+		req, err := http.NewRequest(http.MethodGet, "https://api.example.com"+path, nil)
+		require.NoError(t, err)
+		h := http.Header{}
+		h.Set("X-RateLimit-Remaining", "99")
+		h.Set("X-RateLimit-Reset", "60")
+		c := NewManualClock(t0)
+		l, err := New(1, time.Second, WithClock(c))
+		require.NoError(t, err)
+		tr := NewTransport(staticRT{&http.Response{StatusCode: 200, Header: h, Body: http.NoBody}}, l)
+		require.NoError(t, tr.Route("/v1/routed", 1, time.Second))
+		_, err = tr.RoundTrip(req) // the route's limiter and cache answer are made once
+		require.NoError(t, err)
+		allocs := testing.AllocsPerRun(100, func() {
+			// Each call finds its slots free, before the server's reset.
+			c.Advance(time.Second)
+			if _, err := tr.RoundTrip(req); err != nil {
+				t.Fatal(err)
+			}
+		})
+		assert.Equal(t, 1, l.Stats().InWindow)
+		assert.Zero(t, allocs, path)
+	}
+}

@@ -22,13 +22,13 @@ const (
 	incidents       = "/api/incidents"
 )
 
-// newClient returns the http.Client of one tenant and app, and the limiter
-// of its tenant rule, whose state save and restore keep. minute is
-// time.Minute against the real API; base is the Transport that sends the
-// requests (nil: http.DefaultTransport; put your token source's Transport
-// here). Use one client for all the calls of the tenant and app: the quota
-// is theirs, not a client's.
-func newClient(base http.RoundTripper, minute time.Duration) (*http.Client, *limiter.Limiter, error) {
+// newClient returns the http.Client of one tenant and app, and its
+// Transport, whose state (the tenant rule's and each route's) save and
+// restore keep. minute is time.Minute against the real API; base is the
+// Transport that sends the requests (nil: http.DefaultTransport; put your
+// token source's Transport here). Use one client for all the calls of the
+// tenant and app: the quota is theirs, not a client's.
+func newClient(base http.RoundTripper, minute time.Duration) (*http.Client, *limiter.Transport, error) {
 	tenant, err := limiter.New(100, minute, limiter.WithWindow(1500, 60*minute))
 	if err != nil {
 		return nil, nil, err
@@ -42,7 +42,7 @@ func newClient(base http.RoundTripper, minute time.Duration) (*http.Client, *lim
 	}
 	t.Cost = batchCost
 	t.Classify = defenderThrottle
-	return &http.Client{Transport: t}, tenant, nil
+	return &http.Client{Transport: t}, t, nil
 }
 
 // batchCost weighs a $batch by its inner requests, which the API charges
@@ -96,11 +96,13 @@ func defenderThrottle(resp *http.Response) (throttled bool, wait time.Duration) 
 	return true, 0
 }
 
-// restore adds the calls saved in path to l, so that a restarted job does
-// not send the burst that the server, which still counts them, would
-// refuse. A missing file is a first run: nothing to restore. A file that
-// is not a snapshot is an error, and l is unchanged.
-func restore(l *limiter.Limiter, path string) (bool, error) {
+// restore adds the calls saved in path to the Transport's limiters (the
+// tenant rule and the routes, advanced hunting's among them), so that a
+// restarted job does not send the burst that the server, which still
+// counts them, would refuse. Register the routes before. A missing file is
+// a first run: nothing to restore. A file that is not a snapshot is an
+// error, and no limiter has changed.
+func restore(t *limiter.Transport, path string) (bool, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -108,16 +110,17 @@ func restore(l *limiter.Limiter, path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := l.UnmarshalBinary(data); err != nil {
+	if err := t.UnmarshalBinary(data); err != nil {
 		return false, fmt.Errorf("restoring %s: %w", path, err)
 	}
 	return true, nil
 }
 
-// save writes l's state to path, through a temporary file and a rename, so
-// that a crash while saving leaves the last good state.
-func save(l *limiter.Limiter, path string) error {
-	data, err := l.MarshalBinary()
+// save writes the state of the Transport's limiters to path, through a
+// temporary file and a rename, so that a crash while saving leaves the last
+// good state.
+func save(t *limiter.Transport, path string) error {
+	data, err := t.MarshalBinary()
 	if err != nil {
 		return err
 	}

@@ -10,9 +10,10 @@
 //   - A $batch is charged per inner request: Transport.Cost weighs it.
 //   - A 429 whose wait is in the JSON body, not in Retry-After: a
 //     Transport.Classify hook reads it.
-//   - A command-line job restarts with an empty limiter and would send the
-//     burst that the server refuses: the limiter's state is saved to a file
-//     on exit (MarshalBinary) and restored on start (UnmarshalBinary).
+//   - A command-line job restarts with empty limiters and would send the
+//     burst that the server refuses: the state of the Transport's limiters,
+//     the tenant rule's and each route's, is saved to a file on exit
+//     (Transport.MarshalBinary) and restored on start (UnmarshalBinary).
 //
 // Without -url it runs against a local stand-in of the API on 127.0.0.1
 // (internal/throttleserver with Defender's quotas, a minute scaled to
@@ -43,7 +44,7 @@ import (
 // options are the command-line flags.
 type options struct {
 	url      string        // the API; "" starts a local stand-in
-	state    string        // the limiter's state file; "" keeps none
+	state    string        // the Transport's state file; "" keeps none
 	minute   time.Duration // the quotas' minute
 	calls    int           // calls per session
 	sessions int
@@ -53,7 +54,7 @@ type options struct {
 func main() {
 	var opt options
 	flag.StringVar(&opt.url, "url", "", "base URL of the API; empty: a local stand-in with Defender's quotas")
-	flag.StringVar(&opt.state, "state", filepath.Join(os.TempDir(), "defender-limiter.state"), "file that keeps the limiter's state between runs; empty: none")
+	flag.StringVar(&opt.state, "state", filepath.Join(os.TempDir(), "defender-transport.state"), "file that keeps the Transport's state (tenant rule and routes) between runs; empty: none")
 	flag.DurationVar(&opt.minute, "minute", time.Second, "the quotas' minute (time.Minute against the real API)")
 	flag.IntVar(&opt.calls, "calls", 150, "calls per session")
 	flag.IntVar(&opt.sessions, "sessions", 2, "sessions, one after the other, as restarts of the job")
@@ -129,13 +130,13 @@ func (s summary) String() string {
 // session is one run of the job: build the client, restore the state,
 // make the calls, save the state.
 func session(ctx context.Context, opt options) (summary, error) {
-	client, l, err := newClient(nil, opt.minute)
+	client, t, err := newClient(nil, opt.minute)
 	if err != nil {
 		return summary{}, err
 	}
 	var s summary
 	if opt.state != "" {
-		if s.restored, err = restore(l, opt.state); err != nil {
+		if s.restored, err = restore(t, opt.state); err != nil {
 			return s, err
 		}
 	}
@@ -143,7 +144,7 @@ func session(ctx context.Context, opt options) (summary, error) {
 	s.calls, s.cost, s.failed = work(ctx, client, opt.url, opt.calls, opt.workers)
 	s.wall = time.Since(start)
 	if opt.state != "" {
-		if err := save(l, opt.state); err != nil {
+		if err := save(t, opt.state); err != nil {
 			return s, err
 		}
 		s.saved = true

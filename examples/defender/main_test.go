@@ -105,32 +105,60 @@ func TestDefenderThrottle(t *testing.T) {
 	assert.InDelta(t, 60, wait.Seconds(), 1)
 }
 
+// TestSaveAndRestore saves a client's state and restores it in a new
+// one: the advanced hunting queries of the last run still count against
+// their route, and bad data changes nothing. A query that would have to
+// wait past its context's deadline fails at once, so the test waits for
+// nothing.
 func TestSaveAndRestore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state")
-	fresh := func() *limiter.Limiter {
-		l, err := limiter.New(3, time.Hour)
+	ok200 := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: 200, Body: http.NoBody, Request: req}, nil
+	})
+	fresh := func() (*http.Client, *limiter.Transport) {
+		c, tr, err := newClient(ok200, time.Hour) // the quotas' minute is an hour: nothing frees during the test
 		require.NoError(t, err)
-		return l
+		return c, tr
 	}
-	l := fresh()
-	ok, err := restore(l, path)
+	// hunt sends n queries and returns how many went before one would
+	// have had to wait.
+	hunt := func(c *http.Client, n int) int {
+		for i := range n {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://api/api/advancedqueries/run", http.NoBody)
+			require.NoError(t, err)
+			resp, err := c.Do(req)
+			cancel()
+			if err != nil {
+				require.ErrorIs(t, err, limiter.ErrWouldExceedDeadline)
+				return i
+			}
+			resp.Body.Close()
+		}
+		return n
+	}
+	c, tr := fresh()
+	ok, err := restore(tr, path)
 	require.NoError(t, err)
 	assert.False(t, ok, "no file: a first run")
-	require.True(t, l.Allow())
-	require.True(t, l.Allow())
-	require.NoError(t, save(l, path))
+	require.Equal(t, 40, hunt(c, 40))
+	require.NoError(t, save(tr, path))
 
-	again := fresh()
-	ok, err = restore(again, path)
+	again, tr2 := fresh()
+	ok, err = restore(tr2, path)
 	require.NoError(t, err)
 	assert.True(t, ok)
-	assert.Equal(t, 1, again.Remaining(), "the two calls still count after the restart")
+	assert.Equal(t, 5, hunt(again, 10), "the 40 queries still count against the route's 45 after the restart")
 
 	require.NoError(t, os.WriteFile(path, []byte("not a snapshot"), 0o600))
-	other := fresh()
-	_, err = restore(other, path)
+	other, tr3 := fresh()
+	_, err = restore(tr3, path)
 	assert.Error(t, err)
-	assert.Equal(t, 3, other.Remaining(), "bad data changes nothing")
+	assert.Equal(t, 45, hunt(other, 50), "bad data changes nothing")
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	assert.Len(t, entries, 1, "no temporary file left behind")
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
