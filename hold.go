@@ -52,21 +52,7 @@ func (h hold) waited() bool { return h.p != nil }
 // release ends the hold at t, a reading of its limiter's clock since the
 // epoch: Done when done, otherwise Cancel.
 func (h hold) release(t time.Duration, done bool) {
-	if h.p != nil && !h.p.ended.CompareAndSwap(false, true) {
-		return
+	if h.p == nil || h.p.ended.CompareAndSwap(false, true) {
+		h.l.end(h.n, t, done)
 	}
-	l := h.l
-	now := l.lock(t)
-	l.inflight -= h.n
-	if done {
-		l.rules.record(now, h.n)
-	}
-	if l.queue.head != nil {
-		l.grantReadyLocked(now)
-		// The head may have been waiting on this slot, as in permit.end.
-		if hd := l.queue.head; hd != nil {
-			hd.wake()
-		}
-	}
-	l.unlock()
 }

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"sync/atomic"
+	"time"
 )
 
 // Permit is one admitted call in flight, returned by Acquire. It holds a
@@ -39,20 +40,26 @@ func (p *permit) Cancel() { p.end(false) }
 // end releases the permit's slots, logging its calls at now when done, and
 // admits the waiters that the released slots let go.
 func (p *permit) end(done bool) {
-	if !p.ended.CompareAndSwap(false, true) {
-		return
+	if p.ended.CompareAndSwap(false, true) {
+		p.l.end(p.n, p.l.since(), done)
 	}
-	l := p.l
-	now := l.lock(l.since())
-	l.inflight -= p.n
+}
+
+// end ends n units in flight at t, a reading of l's clock since its epoch:
+// they count as calls made then when done, and free their room otherwise.
+func (l *Limiter) end(n int, t time.Duration, done bool) {
+	now := l.lock(t)
+	l.inflight -= n
 	if done {
-		l.rules.record(now, p.n)
+		l.rules.record(now, n)
 	}
-	l.grantReadyLocked(now)
-	// The head may have been waiting on this permit: let it compute its
-	// turn, now that time alone can free its slot.
-	if h := l.queue.head; h != nil {
-		h.wake()
+	if l.queue.head != nil {
+		l.grantReadyLocked(now)
+		// The head may have been waiting on these units: let it compute
+		// its turn, now that time alone can free its slot.
+		if h := l.queue.head; h != nil {
+			h.wake()
+		}
 	}
 	l.unlock()
 }
