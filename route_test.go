@@ -248,3 +248,35 @@ func TestRouteWaitPastBudgetReset(t *testing.T) {
 	close(release)
 	require.NoError(t, recv(t, second).err)
 }
+
+// BenchmarkTransportRoutesVersus interleaves batches of requests through a
+// plain Transport and through one with ten routes, as BenchmarkVersusRate
+// does, and reports the ratio of the medians ("rate" is the plain
+// Transport here): "match" sends a request that one route matches,
+// "none" one that no route matches.
+func BenchmarkTransportRoutesVersus(b *testing.B) {
+	roundTrip := func(tr *Transport, req *http.Request) func() bool {
+		return func() bool {
+			resp, err := tr.RoundTrip(req)
+			return err == nil && resp != nil
+		}
+	}
+	for _, path := range []string{"match", "none"} {
+		b.Run(path, func(b *testing.B) {
+			req, rt := benchRequest(b)
+			if path == "none" {
+				req.URL.Path = "/v2/other"
+			}
+			newTr := func() *Transport {
+				l, err := New(1, time.Nanosecond)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return NewTransport(rt, l)
+			}
+			plain, routed := newTr(), newTr()
+			tenRoutes(b, routed)
+			benchVersus(b, 1, roundTrip(routed, req), roundTrip(plain, req))
+		})
+	}
+}
