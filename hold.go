@@ -33,7 +33,7 @@ func (l *Limiter) holdAt(ctx context.Context, n int, t time.Duration) (hold, err
 		now := l.lock(t)
 		if l.queue.len == 0 && l.admitsLocked(now, n) {
 			l.inflight += n // what grantLocked does, without the permit
-			l.unlock()
+			l.unlockDelayed()
 			return hold{l: l, n: n}, nil
 		}
 		l.unlock()

@@ -265,10 +265,13 @@ type Limiter struct {
 
 	// What a refused Allow reads comes last, so that it shares a cache line.
 
-	// gate is the earliest instant at which Allow could admit a call: a
-	// reading before it is refused without the lock. It is math.MinInt64
-	// when a call may go at once and never while callers wait. Written
-	// under mu by unlock.
+	// gate is a lower bound of the earliest instant at which Allow could
+	// admit a call: a reading before it is refused without the lock. It is
+	// math.MinInt64 when a call may go at once and never while callers
+	// wait. Written under mu by unlock, which sets it exactly; a change
+	// that can only delay the next admission (Allow admitting a call) may
+	// leave it as it is, lower, and the next call refused under the lock
+	// sets it.
 	gate atomic.Int64
 	// Set by New, read-only after.
 	clock  Clock
@@ -326,9 +329,10 @@ func (l *Limiter) lock(t time.Duration) time.Duration {
 }
 
 // unlock publishes the gate for the state it leaves and releases l.mu.
-// Every change of state happens between lock and unlock. Time passing only
-// ever opens the gate, so the published instant stays valid until the next
-// change.
+// Every change of state happens between lock and unlock (or
+// unlockDelayed). Time passing only ever opens the gate, so the published
+// instant stays a lower bound until the next change that can admit a call
+// sooner, which goes through unlock.
 func (l *Limiter) unlock() {
 	gate := time.Duration(math.MinInt64)
 	switch {
@@ -344,6 +348,11 @@ func (l *Limiter) unlock() {
 	}
 	l.mu.Unlock()
 }
+
+// unlockDelayed releases l.mu after a change that can only delay the next
+// admission, such as a call admitted: the published gate stays a lower
+// bound, and the admitting path saves its update.
+func (l *Limiter) unlockDelayed() { l.mu.Unlock() }
 
 // admitsLocked reports whether every rule has room for n more calls at now
 // and no pause holds. l.mu must be held.
@@ -389,12 +398,13 @@ func (l *Limiter) AllowN(n int) bool {
 		return false // the published state refuses it: no lock needed
 	}
 	now := l.lock(t)
-	ok := l.queue.len == 0 && n >= 1 && l.admitsLocked(now, n)
-	if ok {
+	if l.queue.len == 0 && n >= 1 && l.admitsLocked(now, n) {
 		l.rules.record(now, n)
+		l.unlockDelayed()
+		return true
 	}
 	l.unlock()
-	return ok
+	return false
 }
 
 // Wait blocks until a call is admitted, and counts it then. Waiters are

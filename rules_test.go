@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -185,8 +186,11 @@ func TestWaitersAdmittedByWhoeverWakesFirst(t *testing.T) {
 func TestRefusalNeedsNoLock(t *testing.T) {
 	l, c := newManual(t, 1, time.Second)
 	require.True(t, l.Allow())
-	// The refusal is published: a reading before the gate is refused
-	// without the lock.
+	// Admitting leaves the gate where it was, a lower bound; the first
+	// refusal, under the lock, publishes it, and a reading before it is
+	// then refused without the lock.
+	assert.Equal(t, int64(math.MinInt64), l.gate.Load())
+	assert.False(t, l.Allow())
 	assert.Equal(t, int64(time.Second), l.gate.Load())
 	assert.False(t, l.Allow())
 	assert.Equal(t, 0, l.Remaining())
