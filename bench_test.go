@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -130,22 +131,20 @@ func BenchmarkWaitWakeLatency(b *testing.B) {
 	b.ReportMetric(float64(late[len(late)/2])/float64(time.Microsecond), "p50-late-µs")
 }
 
-// BenchmarkAllowN compares a weighted call with Allow on the same loose
-// limiter: the weight costs nothing on the admit path.
+// BenchmarkAllowN compares weighted calls with Allow on loose limiters
+// alike, interleaved as BenchmarkVersusRate does: the weight itself costs
+// nothing, and a call of weight 5 logs five instants.
 func BenchmarkAllowN(b *testing.B) {
-	b.Run("Allow", func(b *testing.B) { benchAllow(b, looseLimiter(b).Allow, true) })
-	b.Run("AllowN(1)", func(b *testing.B) {
-		l := looseLimiter(b)
-		benchAllow(b, func() bool { return l.AllowN(1) }, true)
-	})
-	b.Run("AllowN(5)", func(b *testing.B) {
-		l := looseLimiter(b)
-		benchAllow(b, func() bool { return l.AllowN(5) }, true)
-	})
+	for _, n := range []int{1, 5} {
+		b.Run("AllowN("+strconv.Itoa(n)+")", func(b *testing.B) {
+			l := looseLimiter(b)
+			benchVersus(b, 1, func() bool { return l.AllowN(n) }, "Allow", looseLimiter(b).Allow)
+		})
+	}
 	b.Run("bucket/Allow", func(b *testing.B) {
-		l := mustNew(b, 1_000_000, time.Millisecond)
+		l := looseLimiter(b)
 		l.rules.buckets = []bucket{{burst: 1_000_000, every: time.Nanosecond}}
-		benchAllow(b, l.Allow, true)
+		benchVersus(b, 1, l.Allow, "Allow", looseLimiter(b).Allow)
 	})
 }
 
@@ -222,11 +221,11 @@ func lateness(due, got []time.Time) time.Duration {
 // grain makes the ratio robust to other load on the machine, which slows
 // both sides alike; it is the figure the README quotes.
 func BenchmarkVersusRate(b *testing.B) {
-	b.Run("admit", func(b *testing.B) { benchVersus(b, 1, looseLimiter(b).Allow, looseRate().Allow) })
-	b.Run("refuse", func(b *testing.B) { benchVersus(b, 1, fullLimiter(b).Allow, fullRate()) })
+	b.Run("admit", func(b *testing.B) { benchVersus(b, 1, looseLimiter(b).Allow, "rate", looseRate().Allow) })
+	b.Run("refuse", func(b *testing.B) { benchVersus(b, 1, fullLimiter(b).Allow, "rate", fullRate()) })
 	p := runtime.GOMAXPROCS(0)
-	b.Run("admit-parallel", func(b *testing.B) { benchVersus(b, p, looseLimiter(b).Allow, looseRate().Allow) })
-	b.Run("refuse-parallel", func(b *testing.B) { benchVersus(b, p, fullLimiter(b).Allow, fullRate()) })
+	b.Run("admit-parallel", func(b *testing.B) { benchVersus(b, p, looseLimiter(b).Allow, "rate", looseRate().Allow) })
+	b.Run("refuse-parallel", func(b *testing.B) { benchVersus(b, p, fullLimiter(b).Allow, "rate", fullRate()) })
 }
 
 // versusBatch is the number of calls each goroutine makes in one timed
@@ -234,11 +233,11 @@ func BenchmarkVersusRate(b *testing.B) {
 // enough that both sides see the same background load.
 const versusBatch = 2000
 
-// benchVersus runs, in each iteration, one batch of ours and one of theirs
-// on g goroutines at once, and reports the median ns per call of each and
-// the ratio of the medians, which a batch preempted by other load barely
-// moves.
-func benchVersus(b *testing.B, g int, ours, theirs func() bool) {
+// benchVersus runs, in each iteration, one batch of ours and one of
+// theirs, named name, on g goroutines at once, and reports the median ns
+// per call of each and the ratio of the medians, which a batch preempted
+// by other load barely moves.
+func benchVersus(b *testing.B, g int, ours func() bool, name string, theirs func() bool) {
 	var tOurs, tTheirs []time.Duration
 	for b.Loop() {
 		tOurs = append(tOurs, batch(g, ours))
@@ -247,7 +246,7 @@ func benchVersus(b *testing.B, g int, ours, theirs func() bool) {
 	mOurs, mTheirs := median(tOurs), median(tTheirs)
 	perCall := float64(g * versusBatch)
 	b.ReportMetric(float64(mOurs)/perCall, "ours-ns/call")
-	b.ReportMetric(float64(mTheirs)/perCall, "rate-ns/call")
+	b.ReportMetric(float64(mTheirs)/perCall, name+"-ns/call")
 	b.ReportMetric(float64(mOurs)/float64(mTheirs), "ratio")
 }
 

@@ -251,8 +251,7 @@ func TestRouteWaitPastBudgetReset(t *testing.T) {
 
 // BenchmarkTransportRoutesVersus interleaves batches of requests through a
 // plain Transport and through one with ten routes, as BenchmarkVersusRate
-// does, and reports the ratio of the medians ("rate" is the plain
-// Transport here): "match" sends a request that one route matches,
+// does, and reports the ratio of the medians: "match" sends a request that one route matches,
 // "none" one that no route matches.
 func BenchmarkTransportRoutesVersus(b *testing.B) {
 	roundTrip := func(tr *Transport, req *http.Request) func() bool {
@@ -276,7 +275,7 @@ func BenchmarkTransportRoutesVersus(b *testing.B) {
 			}
 			plain, routed := newTr(), newTr()
 			tenRoutes(b, routed)
-			benchVersus(b, 1, roundTrip(routed, req), roundTrip(plain, req))
+			benchVersus(b, 1, roundTrip(routed, req), "plain", roundTrip(plain, req))
 		})
 	}
 }

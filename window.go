@@ -61,9 +61,14 @@ func (w *window) expire(now time.Duration) {
 // drop pops the expired instants and shrinks a ring left mostly empty, at
 // once to the size it would reach halving while a quarter full.
 func (w *window) drop(now time.Duration) {
-	for w.n > 0 && w.ring[w.head] <= now-w.size {
-		w.pop()
+	limit, i, n := now-w.size, w.head, w.n
+	for n > 0 && w.ring[i] <= limit {
+		n--
+		if i++; i == len(w.ring) {
+			i = 0
+		}
 	}
+	w.head, w.n = i, n
 	if w.n == 0 {
 		w.head = 0
 	}
@@ -108,14 +113,17 @@ func (w *window) pushSlow(now time.Duration, k int) {
 		c := max(2*len(w.ring), minRing, w.n+k)
 		w.resize(min(c, w.limit))
 	}
-	for range k {
-		i := w.head + w.n
-		if i >= len(w.ring) {
-			i -= len(w.ring)
-		}
-		w.ring[i] = now
-		w.n++
+	i := w.head + w.n
+	if i >= len(w.ring) {
+		i -= len(w.ring)
 	}
+	for range k {
+		w.ring[i] = now
+		if i++; i == len(w.ring) {
+			i = 0
+		}
+	}
+	w.n += k
 }
 
 func (w *window) resize(c int) {
