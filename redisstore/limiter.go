@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,9 +60,10 @@ type Limiter struct {
 	honoursDeadline bool     // the client stops reads at a context deadline
 	keys            []string // log and pause key, in admitSource's order
 	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
-	ruleArgs        []any    // limit and window µs of every rule; read only
+	fastArgs        []any    // admitSource's least TTL and minus the smallest limit; read only
+	ruleArgs        []any    // limit and window µs of every rule, smallest limit first; read only
 	lease, longest  int64    // µs
-	ttl, holdMs     int64    // key TTL and the hold after a loss, ms
+	ttl, holdMs     int64    // key TTL to set (with the slack) and the hold after a loss, ms
 	minLimit        int      // the smallest limit of any rule
 	timeout         time.Duration
 	policy          FailurePolicy
@@ -122,12 +124,19 @@ func New(client redis.UniversalClient, key string, limit int, window time.Durati
 // newLimiter builds the Limiter of valid settings c, with keys under base.
 func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 	longest, shortest, minLimit := c.rules[0].window, c.rules[0].window, c.rules[0].limit
-	var args []any
-	for _, r := range c.rules {
+	first := 0 // the rule of the smallest limit, first in ruleArgs for the fast path
+	for i, r := range c.rules {
 		longest, shortest = max(longest, r.window), min(shortest, r.window)
-		minLimit = min(minLimit, r.limit)
+		if r.limit < minLimit {
+			minLimit, first = r.limit, i
+		}
+	}
+	var args []any
+	for i := range c.rules {
+		r := c.rules[(first+i)%len(c.rules)]
 		args = append(args, int64(r.limit), ceilDiv(r.window, time.Microsecond))
 	}
+	ttl := ceilDiv(max(longest, c.lease), time.Millisecond)
 	bounded, honours := boundedClient(client, c.timeout)
 	l := &Limiter{
 		own:             newOwn(longest),
@@ -137,7 +146,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		ruleArgs:        args,
 		lease:           ceilDiv(c.lease, time.Microsecond),
 		longest:         ceilDiv(longest, time.Microsecond),
-		ttl:             ceilDiv(max(longest, c.lease), time.Millisecond),
+		ttl:             ttl + ceilDiv(longest, 8*time.Millisecond),
 		holdMs:          ceilDiv(shortest, time.Millisecond),
 		minLimit:        minLimit,
 		timeout:         c.timeout,
@@ -145,6 +154,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		fallback:        c.fallback,
 	}
 	l.fixedArgs = []any{l.lease, l.longest, l.ttl} // boxed once, not per call
+	l.fastArgs = []any{ttl, "-" + strconv.Itoa(minLimit)}
 	return l
 }
 
@@ -380,17 +390,18 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	if seq != 0 {
 		id = idOf(seq)
 	}
-	args := make([]any, 0, 8+len(l.ruleArgs))
+	args := make([]any, 0, 10+len(l.ruleArgs))
 	args = append(args, op, id)
 	args = append(args, l.fixedArgs...)
 	args = append(args, proof, score, horizon)
+	args = append(args, l.fastArgs...)
 	args = append(args, l.ruleArgs...)
 	sent := time.Now()
 	v, err := l.roundTrip(ctx, admitScript, l.keys, args)
 	if err != nil {
 		return result{}, 0, err
 	}
-	res, err := parseResult(v)
+	res, err := parseResult(v, op)
 	if err != nil {
 		return result{}, 0, err
 	}

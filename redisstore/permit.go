@@ -34,7 +34,7 @@ func (l *Limiter) done(seq uint64) (int64, error) {
 	v, err := l.roundTrip(context.Background(), admitScript, l.keys, l.settleArgs(opDone, seq))
 	var res result
 	if err == nil {
-		res, err = parseResult(v)
+		res, err = parseResult(v, opDone)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

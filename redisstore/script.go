@@ -40,23 +40,39 @@ const (
 // e > now. So one ZREMRANGEBYSCORE over [-now, now-longest window] drops both
 // the calls that left every window and the leases that ended, after which
 // ZCARD is the count of the longest rule. Times stay below 2^53, so Lua's
-// doubles hold them exactly; they are handed to redis.call as numbers, never
-// through Lua's tostring, which would round them.
+// doubles hold them exactly; they are handed to redis.call as numbers (or as
+// the digits of TIME), never through Lua's tostring, which would round them.
 //
-// ARGV: op, member id, lease µs, longest window µs, key TTL in ms (the
-// longer of the longest window and the lease), then the caller's evidence
-// that the log must hold something: the id and score of one of its own
-// entries that still counts ("" when it has none) and a horizon, a server
-// time before which the log cannot be empty (0 when unknown); then limit and
-// window µs of every rule.
+// ARGV: op, member id, lease µs, longest window µs, key TTL in ms to set
+// (the longer of the longest window and the lease, plus a slack of an eighth
+// of the longest window), then the caller's evidence that the log must hold
+// something: the id and score of one of its own entries that still counts
+// ("" when it has none) and a horizon, a server time before which the log
+// cannot be empty (0 when unknown); then the TTL in ms the log must have
+// left after an admission (the same without the slack), minus the smallest
+// limit m as a string, and limit and window µs of every rule, the rule of
+// limit m first.
 //
-// Every path writes first with ZREMRANGEBYSCORE, which frees memory: a
-// Redis whose memory is full under noeviction refuses a script's first
-// write only if it may grow memory, and never stops a script midway, so
-// the decision, a Done and a pause still go through, and the log stays
-// true to the calls made.
+// The fast path decides most calls with a few reads and one write. A log of
+// fewer than m members, stale ones included, is below every limit: the call
+// is admitted unless a pause runs or the evidence shows a loss, with one
+// ZADD. The log is pruned, and its TTL set, only when its TTL has fallen
+// below what it must have left (once per slack, about every eighth of the
+// longest window), so it holds at most the calls of a window and an eighth.
+// An Allow whose m-th newest member is a finished call within its rule's
+// window is refused at once, without a prune. Every other call takes the
+// full path: prune, count each rule, and decide.
 //
-// Reply: {status, server now µs, wait µs, remaining, newest}. The status is
+// A Redis whose memory is full under noeviction refuses a script's first
+// write only if it may grow memory, and never stops a script midway. The
+// full path and a Done write first with ZREMRANGEBYSCORE, which frees
+// memory; the fast path's ZADD, refused for memory, is made again after
+// one. So the decision, a Done and a pause still go through, and the log
+// stays true to the calls made.
+//
+// Reply: a number, the server's now in µs, when the call is admitted (or a
+// Done is written); {now, newest} when the fast path refuses an Allow; else
+// {status, server now µs, wait µs, remaining, newest}. The status is
 // statusLost, and nothing is decided, when the evidence shows that the log
 // lost entries (FLUSHDB, a restart without persistence, eviction); the
 // evidence is looked at only before an admission (and for opRemaining),
@@ -66,21 +82,62 @@ const (
 // keeps a full rule full leaves its window, or, when in-flight permits alone
 // fill the rule, until the earliest lease ends but at most one window (a
 // Done re-times the entry, a Cancel frees it at once); or until a pause
-// ends. newest is the score of the newest finished call in the log (0 if
-// none), from which the caller learns a horizon.
+// ends. newest is the score of a finished call in the log (0 if none): the
+// newest on the full path, the m-th newest on the fast one; the caller
+// learns a horizon from it.
 const admitSource = `
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = t[1] * 1000000 + t[2]
 local op, id, key = ARGV[1], ARGV[2], KEYS[1]
 if op == 'c' then
 	return {redis.call('ZREM', key, id), now, 0, 0, 0}
 end
-local longest = tonumber(ARGV[4])
+local longest = ARGV[4] + 0
+if op ~= 'd' and op ~= 'r' then
+	local e = redis.call('ZRANGE', key, ARGV[10], ARGV[10], 'WITHSCORES')
+	if e[1] == nil then
+		if redis.call('PTTL', KEYS[2]) <= 0 then
+			local known = false -- the log holds the evidence: it is not empty
+			if ARGV[6] ~= '' then
+				local s = ARGV[7] + 0
+				if (s > 0 and s > now - longest) or (s < 0 and -s > now) then
+					if not redis.call('ZSCORE', key, ARGV[6]) then
+						return {2, now, 0, 0, 0}
+					end
+					known = true
+				end
+			end
+			if known or now >= ARGV[8] + 0 then
+				local score
+				if op == 'q' then
+					score = -(now + ARGV[3])
+				else
+					local us = t[2] -- the digits of now, without a number to format
+					if #us < 6 then
+						us = string.rep('0', 6 - #us) .. us
+					end
+					score = t[1] .. us
+				end
+				if type(redis.pcall('ZADD', key, score, id)) == 'table' then
+					redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
+					redis.call('ZADD', key, score, id)
+				end
+				if redis.call('PTTL', key) < ARGV[9] + 0 then
+					redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
+					redis.call('PEXPIRE', key, ARGV[5])
+				end
+				return now
+			end
+		end
+	elseif op == 'a' and e[2] + ARGV[12] > now then
+		return {now, e[2] + 0}
+	end
+end
 redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
 if op == 'd' then
 	redis.call('ZADD', key, now, id)
 	redis.call('PEXPIRE', key, ARGV[5])
-	return {1, now, 0, 0, now}
+	return now
 end
 local held = redis.call('ZCARD', key)
 local report = op == 'w' or op == 'q'
@@ -89,8 +146,8 @@ local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then
 	wait, remaining = paused * 1000, 0
 end
-for i = 9, #ARGV, 2 do
-	local n, w = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+for i = 11, #ARGV, 2 do
+	local n, w = ARGV[i] + 0, ARGV[i + 1] + 0
 	local c = held
 	if w < longest then
 		c = held - redis.call('ZCOUNT', key, 1, now - w)
@@ -105,10 +162,10 @@ for i = 9, #ARGV, 2 do
 			-- skip the c-n oldest: the next one frees the slot (c-n, not -r, is never -0)
 			local e = redis.call('ZRANGEBYSCORE', key, now - w + 1, '+inf', 'WITHSCORES', 'LIMIT', c - n, 1)
 			if #e > 0 then
-				d = tonumber(e[2]) + w - now
+				d = e[2] + w - now
 			else
 				e = redis.call('ZREVRANGEBYSCORE', key, -1, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-				d = math.min(-tonumber(e[2]) - now, w)
+				d = math.min(-e[2] - now, w)
 			end
 		end
 		if d > wait then
@@ -119,40 +176,34 @@ end
 if remaining < 0 then
 	remaining = 0
 end
-local function refuse()
-	local newest = 0
-	if held > 0 then -- every refusal: a caller that only polls keeps a fresh horizon
-		local e = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-		newest = math.max(tonumber(e[2]), 0)
-	end
-	return {0, now, wait, remaining, newest}
-end
-if wait > 0 and op ~= 'r' then
-	return refuse() -- a log that lost calls is fuller still: no need to look
-end
--- About to admit, or to say what Allow would: first, does the log hold what
--- the caller knows it must?
-if held == 0 and now < tonumber(ARGV[8]) then
-	return {2, now, 0, 0, 0}
-end
-if ARGV[6] ~= '' then
-	local s = tonumber(ARGV[7])
-	if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not redis.call('ZSCORE', key, ARGV[6]) then
+-- A log that lost calls is fuller still: a refusal needs no evidence.
+if wait == 0 or op == 'r' then
+	-- About to admit, or to say what Allow would: first, does the log hold
+	-- what the caller knows it must?
+	if held == 0 and now < ARGV[8] + 0 then
 		return {2, now, 0, 0, 0}
 	end
+	if ARGV[6] ~= '' then
+		local s = ARGV[7] + 0
+		if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not redis.call('ZSCORE', key, ARGV[6]) then
+			return {2, now, 0, 0, 0}
+		end
+	end
+	if op ~= 'r' then
+		if op == 'q' then
+			redis.call('ZADD', key, -(now + ARGV[3]), id)
+		else
+			redis.call('ZADD', key, now, id)
+		end
+		redis.call('PEXPIRE', key, ARGV[5])
+		return now
+	end
 end
-if op == 'r' then
-	return refuse()
+local newest = 0
+if held > 0 then -- every refusal: a caller that only polls keeps a fresh horizon
+	newest = math.max(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2] + 0, 0)
 end
-local newest = now
-if op == 'q' then
-	redis.call('ZADD', key, -(now + tonumber(ARGV[3])), id)
-	newest = 0
-else
-	redis.call('ZADD', key, now, id)
-end
-redis.call('PEXPIRE', key, ARGV[5])
-return {1, now, 0, remaining - 1, newest}
+return {0, now, wait, remaining, newest}
 `
 
 // syncSource writes what this process knows and Redis does not: its own
@@ -207,23 +258,36 @@ type result struct {
 
 func (r result) ok() bool { return r.status == statusAdmitted }
 
-// parseResult decodes the reply of admitScript.
-func parseResult(v any) (result, error) {
-	a, ok := v.([]any)
-	if !ok || len(a) != 5 {
-		return result{}, fmt.Errorf("redisstore: unexpected script reply %v", v)
-	}
-	var n [5]int64
-	for i := range n {
-		if n[i], ok = a[i].(int64); !ok {
-			return result{}, fmt.Errorf("redisstore: unexpected script reply %v", v)
+// parseResult decodes the reply of admitScript to op.
+func parseResult(v any, op string) (result, error) {
+	switch a := v.(type) {
+	case int64: // admitted at a
+		res := result{status: statusAdmitted, at: a, newest: a}
+		if op == opAcquire {
+			res.newest = 0 // in flight: no finished call
 		}
+		return res, nil
+	case []any:
+		var n [5]int64
+		if len(a) != 2 && len(a) != 5 {
+			break
+		}
+		for i := range a {
+			var ok bool
+			if n[i], ok = a[i].(int64); !ok {
+				return result{}, fmt.Errorf("redisstore: unexpected script reply %v", v)
+			}
+		}
+		if len(a) == 2 { // an Allow refused on the fast path: {now, newest}
+			return result{status: statusRefused, at: n[0], newest: n[1]}, nil
+		}
+		return result{
+			status:    int(n[0]),
+			at:        n[1],
+			wait:      time.Duration(n[2]) * time.Microsecond,
+			remaining: int(n[3]),
+			newest:    n[4],
+		}, nil
 	}
-	return result{
-		status:    int(n[0]),
-		at:        n[1],
-		wait:      time.Duration(n[2]) * time.Microsecond,
-		remaining: int(n[3]),
-		newest:    n[4],
-	}, nil
+	return result{}, fmt.Errorf("redisstore: unexpected script reply %v", v)
 }
