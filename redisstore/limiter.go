@@ -57,7 +57,8 @@ type Limiter struct {
 	pending    atomic.Bool // own.pending() may be true; set under mu, read without it
 
 	client          redis.UniversalClient
-	honoursDeadline bool     // the client stops reads at a context deadline
+	honoursDeadline bool // the client stops reads at a context deadline
+	deadline        atomic.Pointer[sharedDeadline]
 	keys            []string // log and pause key, in admitSource's order
 	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
 	fastArgs        []any    // admitSource's least TTL and minus the smallest limit; read only
