@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,8 +60,7 @@ type Limiter struct {
 	deadline        atomic.Pointer[sharedDeadline]
 	keys            []string // log and pause key, in admitSource's order
 	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
-	fastArgs        []any    // admitSource's least TTL and minus the smallest limit; read only
-	ruleArgs        []any    // limit and window µs of every rule, smallest limit first; read only
+	ruleArgs        []any    // minus the limit and the window µs of every rule, smallest limit first; read only
 	lease, longest  int64    // µs
 	ttl, holdMs     int64    // key TTL to set (with the slack) and the hold after a loss, ms
 	minLimit        int      // the smallest limit of any rule
@@ -135,9 +133,8 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 	var args []any
 	for i := range c.rules {
 		r := c.rules[(first+i)%len(c.rules)]
-		args = append(args, int64(r.limit), ceilDiv(r.window, time.Microsecond))
+		args = append(args, -int64(r.limit), ceilDiv(r.window, time.Microsecond))
 	}
-	ttl := ceilDiv(max(longest, c.lease), time.Millisecond)
 	bounded, honours := boundedClient(client, c.timeout)
 	l := &Limiter{
 		own:             newOwn(longest),
@@ -147,7 +144,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		ruleArgs:        args,
 		lease:           ceilDiv(c.lease, time.Microsecond),
 		longest:         ceilDiv(longest, time.Microsecond),
-		ttl:             ttl + ceilDiv(longest, 8*time.Millisecond),
+		ttl:             ceilDiv(max(longest, c.lease), time.Millisecond) + ceilDiv(longest, 8*time.Millisecond),
 		holdMs:          ceilDiv(shortest, time.Millisecond),
 		minLimit:        minLimit,
 		timeout:         c.timeout,
@@ -155,7 +152,6 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		fallback:        c.fallback,
 	}
 	l.fixedArgs = []any{l.lease, l.longest, l.ttl} // boxed once, not per call
-	l.fastArgs = []any{ttl, "-" + strconv.Itoa(minLimit)}
 	return l
 }
 
@@ -391,11 +387,10 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	if seq != 0 {
 		id = idOf(seq)
 	}
-	args := make([]any, 0, 10+len(l.ruleArgs))
+	args := make([]any, 0, 8+len(l.ruleArgs))
 	args = append(args, op, id)
 	args = append(args, l.fixedArgs...)
 	args = append(args, proof, score, horizon)
-	args = append(args, l.fastArgs...)
 	args = append(args, l.ruleArgs...)
 	sent := time.Now()
 	v, err := l.roundTrip(ctx, admitScript, l.keys, args)

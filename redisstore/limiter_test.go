@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -536,8 +537,42 @@ func FuzzNew(f *testing.F) {
 		for _, name := range l.keys {
 			require.True(t, strings.HasPrefix(name, prefix+"{"+key+"}:"), name)
 		}
-		for _, a := range l.ruleArgs {
-			require.Positive(t, a.(int64))
+		for i, a := range l.ruleArgs {
+			if i%2 == 0 {
+				require.Negative(t, a.(int64), "minus the limit")
+			} else {
+				require.Positive(t, a.(int64), "the window")
+			}
 		}
 	})
+}
+
+// TestFastPathPrunesAndKeepsTTL admits for several windows on the fast
+// path, which prunes the log and sets its TTL only when the TTL has fallen
+// below what the log must have left: still, after the last admission, the
+// log holds nothing older than the longest window and the slack, and it
+// expires no earlier than the longest window after it.
+func TestFastPathPrunesAndKeepsTTL(t *testing.T) {
+	s := startRedis(t)
+	ctx := context.Background()
+	c := s.Client(t)
+	const w = 40 * time.Millisecond
+	l := newTestLimiter(t, c, "fast", 1<<20, w, WithLease(w))
+	slack := us(w) / 8
+	var first, last int64
+	for calls := 0; last < first+4*us(w) || calls < 100; calls++ {
+		res, err := l.decide(ctx, opAllow, nextSeq())
+		require.NoError(t, err)
+		require.True(t, res.ok())
+		if first == 0 {
+			first = res.at
+		}
+		last = res.at
+	}
+	stale, err := c.ZCount(ctx, l.keys[0], "1", strconv.FormatInt(last-us(w)-slack, 10)).Result()
+	require.NoError(t, err)
+	assert.Zero(t, stale, "pruned within the slack")
+	expiry, err := c.Do(ctx, "PEXPIRETIME", l.keys[0]).Int64()
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, expiry*1000, last+us(w), "the log outlives its newest call's window")
 }

@@ -44,14 +44,13 @@ const (
 // the digits of TIME), never through Lua's tostring, which would round them.
 //
 // ARGV: op, member id, lease µs, longest window µs, key TTL in ms to set
-// (the longer of the longest window and the lease, plus a slack of an eighth
-// of the longest window), then the caller's evidence that the log must hold
-// something: the id and score of one of its own entries that still counts
-// ("" when it has none) and a horizon, a server time before which the log
-// cannot be empty (0 when unknown); then the TTL in ms the log must have
-// left after an admission (the same without the slack), minus the smallest
-// limit m as a string, and limit and window µs of every rule, the rule of
-// limit m first.
+// (the TTL the log must have left after an admission, the longer of the
+// longest window and the lease, plus a slack of an eighth of the longest
+// window), then the caller's evidence that the log must hold something: the
+// id and score of one of its own entries that still counts ("" when it has
+// none) and a horizon, a server time before which the log cannot be empty (0
+// when unknown); then minus the limit and the window µs of every rule, the
+// rule of the smallest limit m first (its -m is a rank for ZRANGE as it is).
 //
 // The fast path decides most calls with a few reads and one write. A log of
 // fewer than m members, stale ones included, is below every limit: the call
@@ -94,7 +93,7 @@ if op == 'c' then
 end
 local longest = ARGV[4] + 0
 if op ~= 'd' and op ~= 'r' then
-	local e = redis.call('ZRANGE', key, ARGV[10], ARGV[10], 'WITHSCORES')
+	local e = redis.call('ZRANGE', key, ARGV[9], ARGV[9], 'WITHSCORES')
 	if e[1] == nil then
 		if redis.call('PTTL', KEYS[2]) <= 0 then
 			local known = false -- the log holds the evidence: it is not empty
@@ -122,14 +121,14 @@ if op ~= 'd' and op ~= 'r' then
 					redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
 					redis.call('ZADD', key, score, id)
 				end
-				if redis.call('PTTL', key) < ARGV[9] + 0 then
+				if redis.call('PTTL', key) < ARGV[5] - math.ceil(ARGV[4] / 8000) then
 					redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
 					redis.call('PEXPIRE', key, ARGV[5])
 				end
 				return now
 			end
 		end
-	elseif op == 'a' and e[2] + ARGV[12] > now then
+	elseif op == 'a' and e[2] + ARGV[10] > now then
 		return {now, e[2] + 0}
 	end
 end
@@ -146,8 +145,8 @@ local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then
 	wait, remaining = paused * 1000, 0
 end
-for i = 11, #ARGV, 2 do
-	local n, w = ARGV[i] + 0, ARGV[i + 1] + 0
+for i = 9, #ARGV, 2 do
+	local n, w = -ARGV[i], ARGV[i + 1] + 0
 	local c = held
 	if w < longest then
 		c = held - redis.call('ZCOUNT', key, 1, now - w)
