@@ -85,22 +85,23 @@ const (
 // newest on the full path, the m-th newest on the fast one; the caller
 // learns a horizon from it.
 const admitSource = `
-local t = redis.call('TIME')
+local call = redis.call
+local t = call('TIME')
 local now = t[1] * 1000000 + t[2]
 local op, id, key = ARGV[1], ARGV[2], KEYS[1]
 if op == 'c' then
-	return {redis.call('ZREM', key, id), now, 0, 0, 0}
+	return {call('ZREM', key, id), now, 0, 0, 0}
 end
 local longest = ARGV[4] + 0
 if op ~= 'd' and op ~= 'r' then
-	local e = redis.call('ZRANGE', key, ARGV[9], ARGV[9], 'WITHSCORES')
+	local e = call('ZRANGE', key, ARGV[9], ARGV[9], 'WITHSCORES')
 	if e[1] == nil then
-		if redis.call('PTTL', KEYS[2]) <= 0 then
+		if call('PTTL', KEYS[2]) <= 0 then
 			local known = false -- the log holds the evidence: it is not empty
 			if ARGV[6] ~= '' then
 				local s = ARGV[7] + 0
 				if (s > 0 and s > now - longest) or (s < 0 and -s > now) then
-					if not redis.call('ZSCORE', key, ARGV[6]) then
+					if not call('ZSCORE', key, ARGV[6]) then
 						return {2, now, 0, 0, 0}
 					end
 					known = true
@@ -118,12 +119,13 @@ if op ~= 'd' and op ~= 'r' then
 					score = t[1] .. us
 				end
 				if type(redis.pcall('ZADD', key, score, id)) == 'table' then
-					redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
-					redis.call('ZADD', key, score, id)
+					call('ZREMRANGEBYSCORE', key, -now, now - longest)
+					call('ZADD', key, score, id)
 				end
-				if redis.call('PTTL', key) < ARGV[5] - math.ceil(ARGV[4] / 8000) then
-					redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
-					redis.call('PEXPIRE', key, ARGV[5])
+				-- below the TTL without the slack, ceil(longest/8ms) ms: PTTL < ARGV[5] - ceil(ARGV[4]/8000)
+				if call('PTTL', key) + ARGV[4] / 8000 <= ARGV[5] - 1 then
+					call('ZREMRANGEBYSCORE', key, -now, now - longest)
+					call('PEXPIRE', key, ARGV[5])
 				end
 				return now
 			end
@@ -132,16 +134,16 @@ if op ~= 'd' and op ~= 'r' then
 		return {now, e[2] + 0}
 	end
 end
-redis.call('ZREMRANGEBYSCORE', key, -now, now - longest)
+call('ZREMRANGEBYSCORE', key, -now, now - longest)
 if op == 'd' then
-	redis.call('ZADD', key, now, id)
-	redis.call('PEXPIRE', key, ARGV[5])
+	call('ZADD', key, now, id)
+	call('PEXPIRE', key, ARGV[5])
 	return now
 end
-local held = redis.call('ZCARD', key)
+local held = call('ZCARD', key)
 local report = op == 'w' or op == 'q'
 local wait, remaining = 0, nil
-local paused = redis.call('PTTL', KEYS[2])
+local paused = call('PTTL', KEYS[2])
 if paused > 0 then
 	wait, remaining = paused * 1000, 0
 end
@@ -149,7 +151,7 @@ for i = 9, #ARGV, 2 do
 	local n, w = -ARGV[i], ARGV[i + 1] + 0
 	local c = held
 	if w < longest then
-		c = held - redis.call('ZCOUNT', key, 1, now - w)
+		c = held - call('ZCOUNT', key, 1, now - w)
 	end
 	local r = n - c
 	if remaining == nil or r < remaining then
@@ -159,11 +161,11 @@ for i = 9, #ARGV, 2 do
 		local d = 1
 		if report then
 			-- skip the c-n oldest: the next one frees the slot (c-n, not -r, is never -0)
-			local e = redis.call('ZRANGEBYSCORE', key, now - w + 1, '+inf', 'WITHSCORES', 'LIMIT', c - n, 1)
+			local e = call('ZRANGEBYSCORE', key, now - w + 1, '+inf', 'WITHSCORES', 'LIMIT', c - n, 1)
 			if #e > 0 then
 				d = e[2] + w - now
 			else
-				e = redis.call('ZREVRANGEBYSCORE', key, -1, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+				e = call('ZREVRANGEBYSCORE', key, -1, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
 				d = math.min(-e[2] - now, w)
 			end
 		end
@@ -184,23 +186,23 @@ if wait == 0 or op == 'r' then
 	end
 	if ARGV[6] ~= '' then
 		local s = ARGV[7] + 0
-		if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not redis.call('ZSCORE', key, ARGV[6]) then
+		if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not call('ZSCORE', key, ARGV[6]) then
 			return {2, now, 0, 0, 0}
 		end
 	end
 	if op ~= 'r' then
 		if op == 'q' then
-			redis.call('ZADD', key, -(now + ARGV[3]), id)
+			call('ZADD', key, -(now + ARGV[3]), id)
 		else
-			redis.call('ZADD', key, now, id)
+			call('ZADD', key, now, id)
 		end
-		redis.call('PEXPIRE', key, ARGV[5])
+		call('PEXPIRE', key, ARGV[5])
 		return now
 	end
 end
 local newest = 0
 if held > 0 then -- every refusal: a caller that only polls keeps a fresh horizon
-	newest = math.max(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2] + 0, 0)
+	newest = math.max(call('ZRANGE', key, -1, -1, 'WITHSCORES')[2] + 0, 0)
 end
 return {0, now, wait, remaining, newest}
 `
