@@ -51,9 +51,9 @@ var _ limiter.Acquirer = (*Limiter)(nil)
 // lock while it waits or calls Redis.
 type Limiter struct {
 	mu         sync.Mutex
-	own        own         // this Limiter's calls that still count
-	localPause time.Time   // the latest PauseUntil, honoured here whatever Redis says
-	pending    atomic.Bool // own.pending() may be true; set under mu, read without it
+	own        own                       // this Limiter's calls that still count
+	localPause atomic.Pointer[time.Time] // the latest PauseUntil, honoured here whatever Redis says; set under mu
+	pending    atomic.Bool               // own.pending() may be true; set under mu, read without it
 
 	client          redis.UniversalClient
 	honoursDeadline bool // the client stops reads at a context deadline
@@ -272,8 +272,8 @@ func (l *Limiter) PauseUntil(t time.Time) {
 		return
 	}
 	l.mu.Lock()
-	if t.After(l.localPause) {
-		l.localPause = t
+	if p := l.localPause.Load(); p == nil || t.After(*p) {
+		l.localPause.Store(&t)
 	}
 	if t.After(l.own.pause) {
 		l.own.pause = t
@@ -294,12 +294,10 @@ func (l *Limiter) EvictionRisk() error { return l.evictionRisk }
 
 // pausedFor returns how long this process's own pause still lasts.
 func (l *Limiter) pausedFor() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.localPause.IsZero() {
-		return 0
+	if p := l.localPause.Load(); p != nil {
+		return time.Until(*p)
 	}
-	return time.Until(l.localPause)
+	return 0
 }
 
 // wait runs op until it admits seq, ctx ends, or Redis cannot be reached.

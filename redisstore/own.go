@@ -65,7 +65,7 @@ func (o *own) serverNow(late bool) int64 {
 // prune forgets finished calls that left every window by server time now,
 // and permits never settled whose lease ended (Redis dropped them too).
 func (o *own) prune(now int64) {
-	for seq, end := range o.flight {
+	for seq, end := range o.flight { // usually empty
 		if end <= now {
 			delete(o.flight, seq)
 			delete(o.charged, seq)
@@ -208,5 +208,6 @@ func (o *own) uncharged(now, window int64) int {
 
 // idOf returns the sorted-set member of this process's call seq.
 func idOf(seq uint64) string {
-	return processID + strconv.FormatUint(seq, 36)
+	var b [48]byte // one allocation: the string
+	return string(strconv.AppendUint(append(b[:0], processID...), seq, 36))
 }
