@@ -58,7 +58,7 @@ type Limiter struct {
 	client          redis.UniversalClient
 	honoursDeadline bool // the client stops reads at a context deadline
 	deadline        atomic.Pointer[sharedDeadline]
-	keys            []string // log and pause key, in admitSource's order
+	keys            []string // log, pause and fresh key, in admitSource's order
 	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
 	ruleArgs        []any    // minus the limit and the window µs of every rule, smallest limit first; read only
 	lease, longest  int64    // µs
@@ -140,7 +140,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		own:             newOwn(longest),
 		client:          bounded,
 		honoursDeadline: honours,
-		keys:            []string{base + "log", base + "pause"},
+		keys:            []string{base + "log", base + "pause", base + "fresh"},
 		ruleArgs:        args,
 		lease:           ceilDiv(c.lease, time.Microsecond),
 		longest:         ceilDiv(longest, time.Microsecond),
@@ -354,10 +354,10 @@ func (l *Limiter) decide(ctx context.Context, op string, seq uint64) (result, er
 			return res, err
 		}
 		l.mu.Lock()
-		gone := evidence != 0 && !l.own.has(evidence)
+		gone := evidence != 0 && !l.own.counts(evidence, res.at)
 		l.mu.Unlock()
 		if gone {
-			continue // cancelled while the script ran: no loss
+			continue // cancelled, or out of every window, while the script ran: no loss
 		}
 		if err := l.sync(ctx, true); err != nil {
 			return result{}, err
@@ -377,7 +377,7 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	l.mu.Lock()
 	now := l.own.serverNow(false)
 	l.own.prune(now)
-	evidence, proof, score := l.own.evidence(now)
+	evidence, proof, _ := l.own.evidence(now)
 	horizon := l.own.horizon
 	l.mu.Unlock()
 
@@ -385,10 +385,10 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	if seq != 0 {
 		id = idOf(seq)
 	}
-	args := make([]any, 0, 8+len(l.ruleArgs))
+	args := make([]any, 0, 7+len(l.ruleArgs))
 	args = append(args, op, id)
 	args = append(args, l.fixedArgs...)
-	args = append(args, proof, score, horizon)
+	args = append(args, proof, horizon)
 	args = append(args, l.ruleArgs...)
 	sent := time.Now()
 	v, err := l.roundTrip(ctx, admitScript, l.keys, args)

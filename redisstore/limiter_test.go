@@ -458,11 +458,11 @@ func TestKeys(t *testing.T) {
 	const w = 500 * time.Millisecond
 
 	def := newTestLimiter(t, c, "api", 5, w)
-	assert.Equal(t, []string{"limiter:{api}:log", "limiter:{api}:pause"}, def.keys)
+	assert.Equal(t, []string{"limiter:{api}:log", "limiter:{api}:pause", "limiter:{api}:fresh"}, def.keys)
 
 	const lease = 3 * time.Second
 	l := newTestLimiter(t, c, "api", 5, w, WithPrefix("svc:"), WithWindow(9, 2*w), WithLease(lease))
-	assert.Equal(t, []string{"svc:{api}:log", "svc:{api}:pause"}, l.keys)
+	assert.Equal(t, []string{"svc:{api}:log", "svc:{api}:pause", "svc:{api}:fresh"}, l.keys)
 
 	require.True(t, allow(t, l).ok())
 	p, err := l.Acquire(ctx)
@@ -472,15 +472,20 @@ func TestKeys(t *testing.T) {
 
 	keys, err := c.Keys(ctx, "*").Result()
 	require.NoError(t, err)
-	assert.ElementsMatch(t, l.keys, keys, "only the prefixed keys; the default prefix was never used")
+	assert.Subset(t, l.keys, keys, "only the prefixed keys; the default prefix was never used")
+	assert.Subset(t, keys, l.keys[:2], "the log and the pause")
 
 	// Every key expires by itself: the log after the longest window or the
 	// lease, whichever is longer, plus an eighth of the longest window; the
-	// pause at its end.
+	// pause at its end; the fresh key within that eighth.
 	for key, want := range map[string][2]time.Duration{l.keys[0]: {2 * w, lease + 2*w/8}, l.keys[1]: {0, time.Second}} {
 		ttl := c.PTTL(ctx, key).Val()
 		assert.Greater(t, ttl, want[0], key)
 		assert.LessOrEqual(t, ttl, want[1], key)
+	}
+	if ttl := c.PTTL(ctx, l.keys[2]).Val(); ttl != -2 { // gone already under load
+		assert.Positive(t, ttl, "the fresh key expires")
+		assert.Less(t, ttl, 2*w/8)
 	}
 
 	// Limiters with another prefix do not share the quota.

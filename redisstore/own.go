@@ -174,14 +174,15 @@ func (o *own) retime(seq uint64, at int64) {
 	}
 }
 
-// has reports whether seq is an own call that still counts here.
-func (o *own) has(seq uint64) bool {
-	if _, ok := o.flight[seq]; ok {
-		return true
+// counts reports whether seq is an own call that still counts here at
+// server time at.
+func (o *own) counts(seq uint64, at int64) bool {
+	if end, ok := o.flight[seq]; ok {
+		return end > at
 	}
 	for i := len(o.done) - 1; i >= 0; i-- {
 		if o.done[i].seq == seq {
-			return true
+			return o.done[i].at > at-o.longest
 		}
 	}
 	return false

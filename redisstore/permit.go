@@ -71,9 +71,9 @@ func (p *permit) Cancel() {
 
 // settleArgs returns admitScript's ARGV for Done or Cancel of seq.
 func (l *Limiter) settleArgs(op string, seq uint64) []any {
-	args := append(make([]any, 0, 8), op, idOf(seq))
+	args := append(make([]any, 0, 7), op, idOf(seq))
 	args = append(args, l.fixedArgs...)
-	return append(args, "", 0, 0) // no evidence: Done and Cancel decide nothing
+	return append(args, "", 0) // no evidence: Done and Cancel decide nothing
 }
 
 // localPermit is the permit of a call admitted through the fallback; its

@@ -26,12 +26,14 @@ const (
 
 // admitSource decides admission for every rule of one limiter at once.
 //
-// Redis data layout, both keys sharing the hash tag {key} so that Redis
+// Redis data layout, the keys sharing the hash tag {key} so that Redis
 // Cluster keeps them in one slot:
 //
 //	KEYS[1] <prefix>{<key>}:log    ZSET, one member per call that holds a slot
 //	KEYS[2] <prefix>{<key>}:pause  string with a PX expiry; admit nothing while it
 //	                               exists ("1": PauseUntil, "h": the hold after a loss)
+//	KEYS[3] <prefix>{<key>}:fresh  string with a PX expiry: the log's TTL was set
+//	                               less than the slack ago (see below)
 //
 // A finished call is scored by its admission (or Done) time s, a positive
 // count of microseconds of the server's TIME: it counts in a rule of window w
@@ -47,17 +49,23 @@ const (
 // (the TTL the log must have left after an admission, the longer of the
 // longest window and the lease, plus a slack of an eighth of the longest
 // window), then the caller's evidence that the log must hold something: the
-// id and score of one of its own entries that still counts ("" when it has
-// none) and a horizon, a server time before which the log cannot be empty (0
-// when unknown); then minus the limit and the window µs of every rule, the
-// rule of the smallest limit m first (its -m is a rank for ZRANGE as it is).
+// id of one of its own entries that still counts ("" when it has none) and a
+// horizon, a server time before which the log cannot be empty (0 when
+// unknown); then minus the limit and the window µs of every rule, the rule
+// of the smallest limit m first (its -m is a rank for ZRANGE as it is).
 //
 // The fast path decides most calls with a few reads and one write. A log of
 // fewer than m members, stale ones included, is below every limit: the call
 // is admitted unless a pause runs or the evidence shows a loss, with one
-// ZADD. The log is pruned, and its TTL set, only when its TTL has fallen
-// below what it must have left (once per slack, about every eighth of the
-// longest window), so it holds at most the calls of a window and an eighth.
+// ZADD. The log is pruned, and its TTL set, only when its TTL may have
+// fallen below what it must have left: once per slack, an eighth of the
+// longest window, so it holds at most the calls of a window and an eighth.
+// The fresh key, set with the TTL and expiring a millisecond before the
+// slack ends, says when; one EXISTS reads it with the pause. It vouches for
+// the log's TTL only to a caller whose evidence the log holds: such a log
+// was not created by this call, and every log gets its TTL when created, so
+// it lives at least until the TTL set with the fresh key ends, whatever
+// came between. Without evidence, the call reads the log's PTTL instead.
 // An Allow whose m-th newest member is a finished call within its rule's
 // window is refused at once, without a prune. Every other call takes the
 // full path: prune, count each rule, and decide.
@@ -72,10 +80,12 @@ const (
 // Reply: a number, the server's now in µs, when the call is admitted (or a
 // Done is written); {now, newest} when the fast path refuses an Allow; else
 // {status, server now µs, wait µs, remaining, newest}. The status is
-// statusLost, and nothing is decided, when the evidence shows that the log
-// lost entries (FLUSHDB, a restart without persistence, eviction); the
-// evidence is looked at only before an admission (and for opRemaining),
-// since a log that lost entries and still refuses was full anyway. The wait
+// statusLost, and nothing is decided, when the log does not hold the
+// evidence or is empty before the horizon: it lost entries (FLUSHDB, a
+// restart without persistence, eviction), unless the evidence left every
+// window on its way to Redis, which the caller checks. The evidence is
+// looked at only before an admission (and for opRemaining), since a log
+// that lost entries and still refuses was full anyway. The wait
 // is reported on refusal by opWait and opAcquire: how long until the next
 // slot frees if nothing else changes, that is until the oldest call that
 // keeps a full rule full leaves its window, or, when in-flight permits alone
@@ -94,20 +104,16 @@ if op == 'c' then
 end
 local longest = ARGV[4] + 0
 if op ~= 'd' and op ~= 'r' then
-	local e = call('ZRANGE', key, ARGV[9], ARGV[9], 'WITHSCORES')
+	local e = call('ZRANGE', key, ARGV[8], ARGV[8], 'WITHSCORES')
 	if e[1] == nil then
-		if call('PTTL', KEYS[2]) <= 0 then
-			local known = false -- the log holds the evidence: it is not empty
-			if ARGV[6] ~= '' then
-				local s = ARGV[7] + 0
-				if (s > 0 and s > now - longest) or (s < 0 and -s > now) then
-					if not call('ZSCORE', key, ARGV[6]) then
-						return {2, now, 0, 0, 0}
-					end
-					known = true
-				end
+		-- 2 or 3: paused; 1 or 3: the log's TTL was set within the slack
+		local flags = call('EXISTS', KEYS[2], KEYS[2], KEYS[3])
+		if flags < 2 then
+			local known = ARGV[6] ~= '' -- then the log holds the evidence: it is not empty
+			if known and not call('ZSCORE', key, ARGV[6]) then
+				return {2, now, 0, 0, 0}
 			end
-			if known or now >= ARGV[8] + 0 then
+			if known or now >= ARGV[7] + 0 then
 				local score
 				if op == 'q' then
 					score = -(now + ARGV[3])
@@ -122,15 +128,19 @@ if op ~= 'd' and op ~= 'r' then
 					call('ZREMRANGEBYSCORE', key, -now, now - longest)
 					call('ZADD', key, score, id)
 				end
-				-- below the TTL without the slack, ceil(longest/8ms) ms: PTTL < ARGV[5] - ceil(ARGV[4]/8000)
-				if call('PTTL', key) + ARGV[4] / 8000 <= ARGV[5] - 1 then
+				-- PTTL < ARGV[5] - slack, with slack = ceil(longest/8ms) ms
+				if flags == 0 or (not known and call('PTTL', key) + longest / 8000 <= ARGV[5] - 1) then
 					call('ZREMRANGEBYSCORE', key, -now, now - longest)
 					call('PEXPIRE', key, ARGV[5])
+					local fresh = math.ceil(longest / 8000) - 1
+					if fresh > 0 then
+						call('SET', KEYS[3], '1', 'PX', fresh)
+					end
 				end
 				return now
 			end
 		end
-	elseif op == 'a' and e[2] + ARGV[10] > now then
+	elseif op == 'a' and e[2] + ARGV[9] > now then
 		return {now, e[2] + 0}
 	end
 end
@@ -147,7 +157,7 @@ local paused = call('PTTL', KEYS[2])
 if paused > 0 then
 	wait, remaining = paused * 1000, 0
 end
-for i = 9, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
 	local n, w = -ARGV[i], ARGV[i + 1] + 0
 	local c = held
 	if w < longest then
@@ -181,14 +191,8 @@ end
 if wait == 0 or op == 'r' then
 	-- About to admit, or to say what Allow would: first, does the log hold
 	-- what the caller knows it must?
-	if held == 0 and now < ARGV[8] + 0 then
+	if (held == 0 and now < ARGV[7] + 0) or (ARGV[6] ~= '' and not call('ZSCORE', key, ARGV[6])) then
 		return {2, now, 0, 0, 0}
-	end
-	if ARGV[6] ~= '' then
-		local s = ARGV[7] + 0
-		if ((s > 0 and s > now - longest) or (s < 0 and -s > now)) and not call('ZSCORE', key, ARGV[6]) then
-			return {2, now, 0, 0, 0}
-		end
 	end
 	if op ~= 'r' then
 		if op == 'q' then
