@@ -381,9 +381,12 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	horizon := l.own.horizon
 	l.mu.Unlock()
 
-	id := ""
+	var id any = ""
 	if seq != 0 {
-		id = idOf(seq)
+		id = idOf(seq) // boxed once: the argument now, the evidence later
+	}
+	if proof != "" {
+		horizon = 0 // a log that holds the evidence is not empty
 	}
 	args := make([]any, 0, 7+len(l.ruleArgs))
 	args = append(args, op, id)

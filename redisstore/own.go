@@ -32,7 +32,7 @@ type own struct {
 type entry struct {
 	seq uint64
 	at  int64
-	id  string // idOf(seq), kept so that the hot path builds it once
+	id  any // idOf(seq), kept boxed so that the hot path builds it once
 }
 
 func newOwn(longest time.Duration) own {
@@ -85,7 +85,7 @@ func (o *own) prune(now int64) {
 }
 
 // add records the finished call seq, named id, at server time at.
-func (o *own) add(seq uint64, id string, at int64, sent bool) {
+func (o *own) add(seq uint64, id any, at int64, sent bool) {
 	o.done = append(o.done, entry{seq, at, id})
 	if !sent {
 		o.unsent[seq] = true
@@ -97,7 +97,7 @@ func (o *own) add(seq uint64, id string, at int64, sent bool) {
 // server time now, by seq, id and score for admitScript (seq 0 and id ""
 // when there is none). A finished call is preferred: only Cancel removes a
 // permit in flight.
-func (o *own) evidence(now int64) (seq uint64, id string, score int64) {
+func (o *own) evidence(now int64) (seq uint64, id any, score int64) {
 	for i := len(o.done) - 1; i >= 0 && o.done[i].at > now-o.longest; i-- {
 		if e := o.done[i]; !o.unsent[e.seq] {
 			return e.seq, e.id, e.at
