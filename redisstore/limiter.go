@@ -26,9 +26,9 @@ var _ limiter.Acquirer = (*Limiter)(nil)
 // once. With WithWindow every rule holds at the same time.
 //
 // Each admission is one round trip: a Lua script (EVALSHA) that reads the
-// server's TIME, drops what has left every window, and admits or refuses the
-// call atomically. Limiters that share a key must be built with the same rules
-// and lease.
+// server's TIME, counts what is still in the windows, and admits or refuses
+// the call atomically. Limiters that share a key must be built with the same
+// rules and lease.
 //
 // There are three ways to ask: Allow reports at once whether a call may
 // happen; Wait blocks until it may; Acquire is Wait in two phases, for a call
