@@ -59,7 +59,7 @@ type Limiter struct {
 	honoursDeadline bool // the client stops reads at a context deadline
 	deadline        atomic.Pointer[sharedDeadline]
 	keys            []string // log, pause and fresh key, in admitSource's order
-	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
+	leaseArg        any      // admitSource's lease, boxed once; read only
 	ruleArgs        []any    // minus the limit and the window µs of every rule, smallest limit first; read only
 	lease, longest  int64    // µs
 	ttl, holdMs     int64    // key TTL to set (with the slack) and the hold after a loss, ms
@@ -151,7 +151,7 @@ func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 		policy:          c.policy,
 		fallback:        c.fallback,
 	}
-	l.fixedArgs = []any{l.lease, l.longest, l.ttl} // boxed once, not per call
+	l.leaseArg = l.lease // boxed once, not per call
 	return l
 }
 
@@ -388,10 +388,8 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	if proof != "" {
 		horizon = 0 // a log that holds the evidence is not empty
 	}
-	args := make([]any, 0, 7+len(l.ruleArgs))
-	args = append(args, op, id)
-	args = append(args, l.fixedArgs...)
-	args = append(args, proof, horizon)
+	args := make([]any, 0, 5+len(l.ruleArgs))
+	args = append(args, op, id, l.leaseArg, proof, horizon)
 	args = append(args, l.ruleArgs...)
 	sent := time.Now()
 	v, err := l.roundTrip(ctx, admitScript, l.keys, args)

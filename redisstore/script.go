@@ -45,14 +45,15 @@ const (
 // doubles hold them exactly; they are handed to redis.call as numbers (or as
 // the digits of TIME), never through Lua's tostring, which would round them.
 //
-// ARGV: op, member id, lease µs, longest window µs, key TTL in ms to set
-// (the TTL the log must have left after an admission, the longer of the
-// longest window and the lease, plus a slack of an eighth of the longest
-// window), then the caller's evidence that the log must hold something: the
-// id of one of its own entries that still counts ("" when it has none) and a
-// horizon, a server time before which the log cannot be empty (0 when
-// unknown); then minus the limit and the window µs of every rule, the rule
-// of the smallest limit m first (its -m is a rank for ZRANGE as it is).
+// ARGV: op, member id, lease µs, then the caller's evidence that the log
+// must hold something: the id of one of its own entries that still counts
+// ("" when it has none) and a horizon, a server time before which the log
+// cannot be empty (0 when unknown, or with evidence); then minus the limit
+// and the window µs of every rule, the rule of the smallest limit m first
+// (its -m is a rank for ZRANGE as it is). Where needed, the script works out
+// the longest window and the log's TTL in ms: what it must have left after
+// an admission, the longer of the longest window and the lease, plus a
+// slack of an eighth of the longest window.
 //
 // The fast path decides most calls with a few reads and one write. A log of
 // fewer than m members, stale ones included, is below every limit: the call
@@ -102,18 +103,17 @@ local op, id, key = ARGV[1], ARGV[2], KEYS[1]
 if op == 'c' then
 	return {call('ZREM', key, id), now, 0, 0, 0}
 end
-local longest = ARGV[4] + 0
 if op ~= 'd' and op ~= 'r' then
-	local e = call('ZRANGE', key, ARGV[8], ARGV[8], 'WITHSCORES')
+	local e = call('ZRANGE', key, ARGV[6], ARGV[6], 'WITHSCORES')
 	if e[1] == nil then
 		-- 2 or 3: paused; 1 or 3: the log's TTL was set within the slack
 		local flags = call('EXISTS', KEYS[2], KEYS[2], KEYS[3])
 		if flags < 2 then
-			local known = ARGV[6] ~= '' -- then the log holds the evidence: it is not empty
-			if known and not call('ZSCORE', key, ARGV[6]) then
+			local known = ARGV[4] ~= '' -- then the log holds the evidence: it is not empty
+			if known and not call('ZSCORE', key, ARGV[4]) then
 				return {2, now, 0, 0, 0}
 			end
-			if known or now >= ARGV[7] + 0 then
+			if known or now >= ARGV[5] + 0 then
 				local score
 				if op == 'q' then
 					score = -(now + ARGV[3])
@@ -124,30 +124,44 @@ if op ~= 'd' and op ~= 'r' then
 					end
 					score = t[1] .. us
 				end
-				if type(redis.pcall('ZADD', key, score, id)) == 'table' then
-					call('ZREMRANGEBYSCORE', key, -now, now - longest)
-					call('ZADD', key, score, id)
+				local refused = type(redis.pcall('ZADD', key, score, id)) == 'table'
+				local longest, slack, ttl
+				if refused or flags == 0 or not known then
+					longest = ARGV[7] + 0 -- the longest window µs
+					for i = 9, #ARGV, 2 do
+						longest = math.max(longest, ARGV[i] + 0)
+					end
+					slack = math.ceil(longest / 8000) -- ms
+					ttl = math.ceil(math.max(longest, ARGV[3]) / 1000) + slack
+					if refused then -- for memory: free some first
+						call('ZREMRANGEBYSCORE', key, -now, now - longest)
+						call('ZADD', key, score, id)
+					end
 				end
-				-- PTTL < ARGV[5] - slack, with slack = ceil(longest/8ms) ms
-				if flags == 0 or (not known and call('PTTL', key) + longest / 8000 <= ARGV[5] - 1) then
+				if flags == 0 or (not known and call('PTTL', key) < ttl - slack) then
 					call('ZREMRANGEBYSCORE', key, -now, now - longest)
-					call('PEXPIRE', key, ARGV[5])
-					local fresh = math.ceil(longest / 8000) - 1
-					if fresh > 0 then
-						call('SET', KEYS[3], '1', 'PX', fresh)
+					call('PEXPIRE', key, ttl)
+					if slack > 1 then
+						call('SET', KEYS[3], '1', 'PX', slack - 1)
 					end
 				end
 				return now
 			end
 		end
-	elseif op == 'a' and e[2] + ARGV[9] > now then
+	elseif op == 'a' and e[2] + ARGV[7] > now then
 		return {now, e[2] + 0}
 	end
 end
+-- the longest window µs, and the log's TTL in ms to set
+local longest = ARGV[7] + 0
+for i = 9, #ARGV, 2 do
+	longest = math.max(longest, ARGV[i] + 0)
+end
+local ttl = math.ceil(math.max(longest, ARGV[3]) / 1000) + math.ceil(longest / 8000)
 call('ZREMRANGEBYSCORE', key, -now, now - longest)
 if op == 'd' then
 	call('ZADD', key, now, id)
-	call('PEXPIRE', key, ARGV[5])
+	call('PEXPIRE', key, ttl)
 	return now
 end
 local held = call('ZCARD', key)
@@ -157,7 +171,7 @@ local paused = call('PTTL', KEYS[2])
 if paused > 0 then
 	wait, remaining = paused * 1000, 0
 end
-for i = 8, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
 	local n, w = -ARGV[i], ARGV[i + 1] + 0
 	local c = held
 	if w < longest then
@@ -191,7 +205,7 @@ end
 if wait == 0 or op == 'r' then
 	-- About to admit, or to say what Allow would: first, does the log hold
 	-- what the caller knows it must?
-	if (held == 0 and now < ARGV[7] + 0) or (ARGV[6] ~= '' and not call('ZSCORE', key, ARGV[6])) then
+	if (held == 0 and now < ARGV[5] + 0) or (ARGV[4] ~= '' and not call('ZSCORE', key, ARGV[4])) then
 		return {2, now, 0, 0, 0}
 	end
 	if op ~= 'r' then
@@ -200,7 +214,7 @@ if wait == 0 or op == 'r' then
 		else
 			call('ZADD', key, now, id)
 		end
-		call('PEXPIRE', key, ARGV[5])
+		call('PEXPIRE', key, ttl)
 		return now
 	end
 end
