@@ -55,15 +55,61 @@ func (l *Limiter) roundTrip(ctx context.Context, script *redis.Script, keys []st
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		rctx, cancel := context.WithTimeout(ctx, l.timeout)
-		defer cancel()
+		rctx, cancel := l.bounded(ctx)
 		v, err := script.Run(rctx, l.client, keys, args...).Result()
+		if cancel != nil {
+			cancel()
+		}
 		return v, roundTripErr(ctx, rctx, err)
 	}
 	c := callPool.Get().(*call)
 	c.script, c.keys, c.args = script, keys, args
 	return l.do(ctx, c)
 }
+
+// bounded returns ctx bounded by the limiter's timeout, and its cancel
+// function, nil when there is none to call.
+//
+// A ctx that can never end (Background, or values over it: Done is nil)
+// gets a deadline shared by every round trip that starts within a
+// sixteenth of the timeout, from the first of them: each waits at most the
+// timeout and at least fifteen sixteenths of it, and none pays for a
+// context and a timer of its own. The shared context ends by itself at its
+// deadline. Any other ctx gets a deadline of its own.
+func (l *Limiter) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Done() != nil {
+		return context.WithTimeout(ctx, l.timeout)
+	}
+	now := time.Now()
+	d := l.deadline.Load()
+	if d == nil || !now.Before(d.reuseUntil) {
+		c, cancel := context.WithDeadline(context.Background(), now.Add(l.timeout))
+		d = &sharedDeadline{ctx: c, cancel: cancel, reuseUntil: now.Add(l.timeout / 16)}
+		l.deadline.Store(d) // racing stores are both right: each bounds its own callers
+	}
+	if ctx == context.Background() {
+		return d.ctx, nil
+	}
+	return withValues{d.ctx, ctx}, nil
+}
+
+// sharedDeadline is the deadline that bounded shares between round trips
+// that start before reuseUntil. cancel is never called: the context ends at
+// its deadline, when round trips that still use it must end too.
+type sharedDeadline struct {
+	ctx        context.Context
+	cancel     context.CancelFunc
+	reuseUntil time.Time
+}
+
+// withValues is a shared deadline carrying the values of a caller's context
+// that can never end (for tracing hooks of the client).
+type withValues struct {
+	context.Context
+	values context.Context
+}
+
+func (c withValues) Value(key any) any { return c.values.Value(key) }
 
 // do makes the round trip c describes, as roundTrip says.
 func (l *Limiter) do(ctx context.Context, c *call) (any, error) {

@@ -9,22 +9,27 @@
 // hold at once. Time is the Redis server's own clock (TIME), so the clocks of
 // the clients never matter.
 //
-// Each decision is one round trip: a Lua script, run by EVALSHA, that prunes
-// what has left every window, counts, and admits or refuses atomically, and
-// when it refuses says how long until the next slot frees, which Wait sleeps
-// on a timer. For a limiter with key "api" and the default prefix the data
-// is:
+// Each decision is one round trip: a Lua script, run by EVALSHA, that
+// counts and admits or refuses atomically, and when it refuses says how long
+// until the next slot frees, which Wait sleeps on a timer. Most calls take
+// its fast path: a log below the smallest limit admits with one write, and
+// an Allow whose quota is spent is refused with one read. For a limiter with
+// key "api" and the default prefix the data is:
 //
 //	limiter:{api}:log    sorted set, one member per call that holds a slot: a finished
 //	                     call scored by its admission (or Done) time in µs, a permit
 //	                     still in flight by minus the end of its lease
 //	limiter:{api}:pause  string whose expiry ends a pause (PauseUntil)
+//	limiter:{api}:fresh  string that lives an eighth of the longest window from
+//	                     the last time the log was pruned and its expiry set
 //
 // The keys share the hash tag {api}, so Redis Cluster keeps them in one slot
-// and the script may touch both. Each expires by itself once idle (after the
-// longest window or the lease, whichever is longer, or when the pause ends).
-// Member ids start with a random per-process prefix, so processes never
-// collide.
+// and the script may touch all of them. Each expires by itself once idle:
+// the log after the longest window or the lease, whichever is longer, plus
+// an eighth of the longest window; the pause when it ends. The log is pruned
+// at least once per eighth of the longest window while calls come, so it
+// holds at most the calls of a window and an eighth. Member ids start with
+// a random per-process prefix, so processes never collide.
 //
 // A permit from Acquire holds a slot until Done, which re-times its entry to
 // the server's time of Done, or Cancel, which removes it. A process that dies

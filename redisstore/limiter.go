@@ -26,9 +26,9 @@ var _ limiter.Acquirer = (*Limiter)(nil)
 // once. With WithWindow every rule holds at the same time.
 //
 // Each admission is one round trip: a Lua script (EVALSHA) that reads the
-// server's TIME, drops what has left every window, and admits or refuses the
-// call atomically. Limiters that share a key must be built with the same rules
-// and lease.
+// server's TIME, counts what is still in the windows, and admits or refuses
+// the call atomically. Limiters that share a key must be built with the same
+// rules and lease.
 //
 // There are three ways to ask: Allow reports at once whether a call may
 // happen; Wait blocks until it may; Acquire is Wait in two phases, for a call
@@ -51,17 +51,18 @@ var _ limiter.Acquirer = (*Limiter)(nil)
 // lock while it waits or calls Redis.
 type Limiter struct {
 	mu         sync.Mutex
-	own        own         // this Limiter's calls that still count
-	localPause time.Time   // the latest PauseUntil, honoured here whatever Redis says
-	pending    atomic.Bool // own.pending() may be true; set under mu, read without it
+	own        own                       // this Limiter's calls that still count
+	localPause atomic.Pointer[time.Time] // the latest PauseUntil, honoured here whatever Redis says; set under mu
+	pending    atomic.Bool               // own.pending() may be true; set under mu, read without it
 
 	client          redis.UniversalClient
-	honoursDeadline bool     // the client stops reads at a context deadline
-	keys            []string // log and pause key, in admitSource's order
-	fixedArgs       []any    // admitSource's lease, longest window and TTL; read only
-	ruleArgs        []any    // limit and window µs of every rule; read only
+	honoursDeadline bool // the client stops reads at a context deadline
+	deadline        atomic.Pointer[sharedDeadline]
+	keys            []string // log, pause and fresh key, in admitSource's order
+	leaseArg        any      // admitSource's lease, boxed once; read only
+	ruleArgs        []any    // minus the limit and the window µs of every rule, smallest limit first; read only
 	lease, longest  int64    // µs
-	ttl, holdMs     int64    // key TTL and the hold after a loss, ms
+	ttl, holdMs     int64    // key TTL to set (with the slack) and the hold after a loss, ms
 	minLimit        int      // the smallest limit of any rule
 	timeout         time.Duration
 	policy          FailurePolicy
@@ -122,29 +123,35 @@ func New(client redis.UniversalClient, key string, limit int, window time.Durati
 // newLimiter builds the Limiter of valid settings c, with keys under base.
 func newLimiter(client redis.UniversalClient, base string, c *config) *Limiter {
 	longest, shortest, minLimit := c.rules[0].window, c.rules[0].window, c.rules[0].limit
-	var args []any
-	for _, r := range c.rules {
+	first := 0 // the rule of the smallest limit, first in ruleArgs for the fast path
+	for i, r := range c.rules {
 		longest, shortest = max(longest, r.window), min(shortest, r.window)
-		minLimit = min(minLimit, r.limit)
-		args = append(args, int64(r.limit), ceilDiv(r.window, time.Microsecond))
+		if r.limit < minLimit {
+			minLimit, first = r.limit, i
+		}
+	}
+	var args []any
+	for i := range c.rules {
+		r := c.rules[(first+i)%len(c.rules)]
+		args = append(args, -int64(r.limit), ceilDiv(r.window, time.Microsecond))
 	}
 	bounded, honours := boundedClient(client, c.timeout)
 	l := &Limiter{
 		own:             newOwn(longest),
 		client:          bounded,
 		honoursDeadline: honours,
-		keys:            []string{base + "log", base + "pause"},
+		keys:            []string{base + "log", base + "pause", base + "fresh"},
 		ruleArgs:        args,
 		lease:           ceilDiv(c.lease, time.Microsecond),
 		longest:         ceilDiv(longest, time.Microsecond),
-		ttl:             ceilDiv(max(longest, c.lease), time.Millisecond),
+		ttl:             ceilDiv(max(longest, c.lease), time.Millisecond) + ceilDiv(longest, 8*time.Millisecond),
 		holdMs:          ceilDiv(shortest, time.Millisecond),
 		minLimit:        minLimit,
 		timeout:         c.timeout,
 		policy:          c.policy,
 		fallback:        c.fallback,
 	}
-	l.fixedArgs = []any{l.lease, l.longest, l.ttl} // boxed once, not per call
+	l.leaseArg = l.lease // boxed once, not per call
 	return l
 }
 
@@ -265,8 +272,8 @@ func (l *Limiter) PauseUntil(t time.Time) {
 		return
 	}
 	l.mu.Lock()
-	if t.After(l.localPause) {
-		l.localPause = t
+	if p := l.localPause.Load(); p == nil || t.After(*p) {
+		l.localPause.Store(&t)
 	}
 	if t.After(l.own.pause) {
 		l.own.pause = t
@@ -287,12 +294,10 @@ func (l *Limiter) EvictionRisk() error { return l.evictionRisk }
 
 // pausedFor returns how long this process's own pause still lasts.
 func (l *Limiter) pausedFor() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.localPause.IsZero() {
-		return 0
+	if p := l.localPause.Load(); p != nil {
+		return time.Until(*p)
 	}
-	return time.Until(l.localPause)
+	return 0
 }
 
 // wait runs op until it admits seq, ctx ends, or Redis cannot be reached.
@@ -349,10 +354,10 @@ func (l *Limiter) decide(ctx context.Context, op string, seq uint64) (result, er
 			return res, err
 		}
 		l.mu.Lock()
-		gone := evidence != 0 && !l.own.has(evidence)
+		gone := evidence != 0 && !l.own.counts(evidence, res.at)
 		l.mu.Unlock()
 		if gone {
-			continue // cancelled while the script ran: no loss
+			continue // cancelled, or out of every window, while the script ran: no loss
 		}
 		if err := l.sync(ctx, true); err != nil {
 			return result{}, err
@@ -372,25 +377,26 @@ func (l *Limiter) ask(ctx context.Context, op string, seq uint64) (result, uint6
 	l.mu.Lock()
 	now := l.own.serverNow(false)
 	l.own.prune(now)
-	evidence, proof, score := l.own.evidence(now)
+	evidence, proof, _ := l.own.evidence(now)
 	horizon := l.own.horizon
 	l.mu.Unlock()
 
-	id := ""
+	var id any = ""
 	if seq != 0 {
-		id = idOf(seq)
+		id = idOf(seq) // boxed once: the argument now, the evidence later
 	}
-	args := make([]any, 0, 8+len(l.ruleArgs))
-	args = append(args, op, id)
-	args = append(args, l.fixedArgs...)
-	args = append(args, proof, score, horizon)
+	if proof != "" {
+		horizon = 0 // a log that holds the evidence is not empty
+	}
+	args := make([]any, 0, 5+len(l.ruleArgs))
+	args = append(args, op, id, l.leaseArg, proof, horizon)
 	args = append(args, l.ruleArgs...)
 	sent := time.Now()
 	v, err := l.roundTrip(ctx, admitScript, l.keys, args)
 	if err != nil {
 		return result{}, 0, err
 	}
-	res, err := parseResult(v)
+	res, err := parseResult(v, op)
 	if err != nil {
 		return result{}, 0, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -114,7 +115,7 @@ func TestAllowBurstThenSlide(t *testing.T) {
 		res := allow(t, l)
 		require.True(t, res.ok(), "call %d of the burst", i)
 		times = append(times, res.at)
-		assert.Equal(t, n-1-i, res.remaining)
+		assert.Equal(t, n-1-i, remainingOf(t, l))
 	}
 	refused := allow(t, l)
 	require.False(t, refused.ok(), "call n+1 within the window")
@@ -457,11 +458,11 @@ func TestKeys(t *testing.T) {
 	const w = 500 * time.Millisecond
 
 	def := newTestLimiter(t, c, "api", 5, w)
-	assert.Equal(t, []string{"limiter:{api}:log", "limiter:{api}:pause"}, def.keys)
+	assert.Equal(t, []string{"limiter:{api}:log", "limiter:{api}:pause", "limiter:{api}:fresh"}, def.keys)
 
 	const lease = 3 * time.Second
 	l := newTestLimiter(t, c, "api", 5, w, WithPrefix("svc:"), WithWindow(9, 2*w), WithLease(lease))
-	assert.Equal(t, []string{"svc:{api}:log", "svc:{api}:pause"}, l.keys)
+	assert.Equal(t, []string{"svc:{api}:log", "svc:{api}:pause", "svc:{api}:fresh"}, l.keys)
 
 	require.True(t, allow(t, l).ok())
 	p, err := l.Acquire(ctx)
@@ -471,14 +472,20 @@ func TestKeys(t *testing.T) {
 
 	keys, err := c.Keys(ctx, "*").Result()
 	require.NoError(t, err)
-	assert.ElementsMatch(t, l.keys, keys, "only the prefixed keys; the default prefix was never used")
+	assert.Subset(t, l.keys, keys, "only the prefixed keys; the default prefix was never used")
+	assert.Subset(t, keys, l.keys[:2], "the log and the pause")
 
 	// Every key expires by itself: the log after the longest window or the
-	// lease, whichever is longer, the pause at its end.
-	for key, want := range map[string][2]time.Duration{l.keys[0]: {2 * w, lease}, l.keys[1]: {0, time.Second}} {
+	// lease, whichever is longer, plus an eighth of the longest window; the
+	// pause at its end; the fresh key within that eighth.
+	for key, want := range map[string][2]time.Duration{l.keys[0]: {2 * w, lease + 2*w/8}, l.keys[1]: {0, time.Second}} {
 		ttl := c.PTTL(ctx, key).Val()
 		assert.Greater(t, ttl, want[0], key)
 		assert.LessOrEqual(t, ttl, want[1], key)
+	}
+	if ttl := c.PTTL(ctx, l.keys[2]).Val(); ttl != -2 { // gone already under load
+		assert.Positive(t, ttl, "the fresh key expires")
+		assert.Less(t, ttl, 2*w/8)
 	}
 
 	// Limiters with another prefix do not share the quota.
@@ -535,8 +542,42 @@ func FuzzNew(f *testing.F) {
 		for _, name := range l.keys {
 			require.True(t, strings.HasPrefix(name, prefix+"{"+key+"}:"), name)
 		}
-		for _, a := range l.ruleArgs {
-			require.Positive(t, a.(int64))
+		for i, a := range l.ruleArgs {
+			if i%2 == 0 {
+				require.Negative(t, a.(int64), "minus the limit")
+			} else {
+				require.Positive(t, a.(int64), "the window")
+			}
 		}
 	})
+}
+
+// TestFastPathPrunesAndKeepsTTL admits for several windows on the fast
+// path, which prunes the log and sets its TTL only when the TTL has fallen
+// below what the log must have left: still, after the last admission, the
+// log holds nothing older than the longest window and the slack, and it
+// expires no earlier than the longest window after it.
+func TestFastPathPrunesAndKeepsTTL(t *testing.T) {
+	s := startRedis(t)
+	ctx := context.Background()
+	c := s.Client(t)
+	const w = 40 * time.Millisecond
+	l := newTestLimiter(t, c, "fast", 1<<20, w, WithLease(w))
+	slack := us(w) / 8
+	var first, last int64
+	for calls := 0; last < first+4*us(w) || calls < 100; calls++ {
+		res, err := l.decide(ctx, opAllow, nextSeq())
+		require.NoError(t, err)
+		require.True(t, res.ok())
+		if first == 0 {
+			first = res.at
+		}
+		last = res.at
+	}
+	stale, err := c.ZCount(ctx, l.keys[0], "1", strconv.FormatInt(last-us(w)-slack, 10)).Result()
+	require.NoError(t, err)
+	assert.Zero(t, stale, "pruned within the slack")
+	expiry, err := c.Do(ctx, "PEXPIRETIME", l.keys[0]).Int64()
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, expiry*1000, last+us(w), "the log outlives its newest call's window")
 }

@@ -108,9 +108,11 @@ func WithFallback(l *limiter.Limiter) Option {
 // of its own, and such goroutines are bounded by the client's pool (its
 // connections stay stuck in reads until the client's read timeout, the rest
 // end at d, waiting for a connection). A caller's context that ends first
-// ends the call with the context's error, not the failure policy. A
-// decision that finds lost state makes more round trips (see Limiter), each
-// within d.
+// ends the call with the context's error, not the failure policy. Round
+// trips under a context that can never end (context.Background()) share a
+// deadline with those that start within d/16 of them, so each is given at
+// least 15/16 of d. A decision that finds lost state makes more round trips
+// (see Limiter), each within d.
 func WithTimeout(d time.Duration) Option {
 	return func(c *config) { c.timeout = d }
 }

@@ -32,7 +32,7 @@ type own struct {
 type entry struct {
 	seq uint64
 	at  int64
-	id  string // idOf(seq), kept so that the hot path builds it once
+	id  any // idOf(seq), kept boxed so that the hot path builds it once
 }
 
 func newOwn(longest time.Duration) own {
@@ -65,7 +65,7 @@ func (o *own) serverNow(late bool) int64 {
 // prune forgets finished calls that left every window by server time now,
 // and permits never settled whose lease ended (Redis dropped them too).
 func (o *own) prune(now int64) {
-	for seq, end := range o.flight {
+	for seq, end := range o.flight { // usually empty
 		if end <= now {
 			delete(o.flight, seq)
 			delete(o.charged, seq)
@@ -85,7 +85,7 @@ func (o *own) prune(now int64) {
 }
 
 // add records the finished call seq, named id, at server time at.
-func (o *own) add(seq uint64, id string, at int64, sent bool) {
+func (o *own) add(seq uint64, id any, at int64, sent bool) {
 	o.done = append(o.done, entry{seq, at, id})
 	if !sent {
 		o.unsent[seq] = true
@@ -97,7 +97,7 @@ func (o *own) add(seq uint64, id string, at int64, sent bool) {
 // server time now, by seq, id and score for admitScript (seq 0 and id ""
 // when there is none). A finished call is preferred: only Cancel removes a
 // permit in flight.
-func (o *own) evidence(now int64) (seq uint64, id string, score int64) {
+func (o *own) evidence(now int64) (seq uint64, id any, score int64) {
 	for i := len(o.done) - 1; i >= 0 && o.done[i].at > now-o.longest; i-- {
 		if e := o.done[i]; !o.unsent[e.seq] {
 			return e.seq, e.id, e.at
@@ -174,14 +174,15 @@ func (o *own) retime(seq uint64, at int64) {
 	}
 }
 
-// has reports whether seq is an own call that still counts here.
-func (o *own) has(seq uint64) bool {
-	if _, ok := o.flight[seq]; ok {
-		return true
+// counts reports whether seq is an own call that still counts here at
+// server time at.
+func (o *own) counts(seq uint64, at int64) bool {
+	if end, ok := o.flight[seq]; ok {
+		return end > at
 	}
 	for i := len(o.done) - 1; i >= 0; i-- {
 		if o.done[i].seq == seq {
-			return true
+			return o.done[i].at > at-o.longest
 		}
 	}
 	return false
@@ -208,5 +209,6 @@ func (o *own) uncharged(now, window int64) int {
 
 // idOf returns the sorted-set member of this process's call seq.
 func idOf(seq uint64) string {
-	return processID + strconv.FormatUint(seq, 36)
+	var b [48]byte // one allocation: the string
+	return string(strconv.AppendUint(append(b[:0], processID...), seq, 36))
 }

@@ -34,7 +34,7 @@ func (l *Limiter) done(seq uint64) (int64, error) {
 	v, err := l.roundTrip(context.Background(), admitScript, l.keys, l.settleArgs(opDone, seq))
 	var res result
 	if err == nil {
-		res, err = parseResult(v)
+		res, err = parseResult(v, opDone)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -71,9 +71,10 @@ func (p *permit) Cancel() {
 
 // settleArgs returns admitScript's ARGV for Done or Cancel of seq.
 func (l *Limiter) settleArgs(op string, seq uint64) []any {
-	args := append(make([]any, 0, 8), op, idOf(seq))
-	args = append(args, l.fixedArgs...)
-	return append(args, "", 0, 0) // no evidence: Done and Cancel decide nothing
+	// No evidence: Done and Cancel decide nothing. The rules give the
+	// longest window and the TTL.
+	args := append(make([]any, 0, 5+len(l.ruleArgs)), op, idOf(seq), l.leaseArg, "", 0)
+	return append(args, l.ruleArgs...)
 }
 
 // localPermit is the permit of a call admitted through the fallback; its

@@ -158,11 +158,15 @@ func TestFullMemory(t *testing.T) {
 	p, err := l.Acquire(ctx)
 	require.NoError(t, err)
 	require.NoError(t, c.ConfigSet(ctx, "maxmemory", strconv.FormatInt(usedMemory(t, c)+64<<10, 10)).Err())
-	big := strings.Repeat("x", 8<<10)
-	for i := 0; ; i++ {
-		if err := c.Set(ctx, "junk:"+strconv.Itoa(i), big, 0).Err(); err != nil {
-			require.True(t, strings.HasPrefix(err.Error(), "OOM"), err.Error())
-			break
+	// Values ever smaller, each size until refused, so that Redis counts
+	// itself full whatever the size of the write: a write's own arguments
+	// count while Redis decides.
+	for size, i := 8<<10, 0; size > 0; size /= 4 {
+		for ; ; i++ {
+			if err := c.Set(ctx, "junk:"+strconv.Itoa(i), strings.Repeat("x", size), 0).Err(); err != nil {
+				require.True(t, strings.HasPrefix(err.Error(), "OOM"), err.Error())
+				break
+			}
 		}
 	}
 	require.True(t, strings.HasPrefix(c.Set(ctx, "more", "x", 0).Err().Error(), "OOM"), "memory is full")
@@ -170,6 +174,7 @@ func TestFullMemory(t *testing.T) {
 	ok, err := l.Allow(ctx)
 	require.NoError(t, err)
 	assert.True(t, ok)
+	assert.EqualValues(t, 2, c.ZCard(ctx, l.keys[0]).Val(), "the admission is written")
 	p.Done()
 	score, err := c.ZScore(ctx, l.keys[0], idOf(p.(*permit).seq)).Result()
 	require.NoError(t, err)
