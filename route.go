@@ -112,7 +112,7 @@ func (rt *routeTable) match(req *http.Request) int {
 func (t *Transport) Route(pattern string, limit int, window time.Duration, opts ...Option) (err error) {
 	spec := routeSpec{pattern, limit, window, append([]Option(nil), opts...), namesClock(opts)}
 	if _, err := spec.limiter(t.clockOf()); err != nil {
-		return &routeError{pattern, err}
+		return routeError(pattern, err)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -126,7 +126,7 @@ func (t *Transport) Route(pattern string, limit int, window time.Duration, opts 
 	defer func() {
 		// ServeMux panics on a pattern it rejects, before registering it.
 		if r := recover(); r != nil {
-			err = &routeError{pattern, fmt.Errorf("%v", r)}
+			err = routeError(pattern, fmt.Errorf("%v", r))
 		}
 	}()
 	next.mux.Handle(pattern, routeIndex(len(next.specs)))
@@ -146,15 +146,20 @@ func namesHost(pattern string) bool {
 	return !strings.HasPrefix(rest, "/")
 }
 
-// routeError is the error of a route that cannot be registered: err says
-// why, and is what errors.Is and errors.As look at.
-type routeError struct {
-	pattern string
-	err     error
+// partError is the error of one part of what a call was given, a route
+// or a part of a snapshot: part names it, and err, which errors.Is and
+// errors.As look at, says why.
+type partError struct {
+	part string
+	err  error
 }
 
-func (e *routeError) Error() string {
-	return fmt.Sprintf("limiter: route %q: %s", e.pattern, strings.TrimPrefix(e.err.Error(), "limiter: "))
+func routeError(pattern string, err error) error {
+	return &partError{fmt.Sprintf("route %q", pattern), err}
 }
 
-func (e *routeError) Unwrap() error { return e.err }
+func (e *partError) Error() string {
+	return "limiter: " + e.part + ": " + strings.TrimPrefix(e.err.Error(), "limiter: ")
+}
+
+func (e *partError) Unwrap() error { return e.err }

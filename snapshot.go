@@ -175,15 +175,24 @@ func (s snapshot) encode() []byte {
 
 var errSnapshotTruncated = errors.New("limiter: snapshot truncated or corrupt")
 
+// openSnapshot checks the magic and the version at the start of data, a
+// snapshot of what, and returns a reader of the rest.
+func openSnapshot(data []byte, magic string, version byte, what string) (reader, error) {
+	if len(data) < len(magic)+1 || string(data[:len(magic)]) != magic {
+		return reader{}, fmt.Errorf("limiter: not a %s snapshot", what)
+	}
+	if v := data[len(magic)]; v != version {
+		return reader{}, fmt.Errorf("limiter: %s snapshot version %d not supported (want %d)", what, v, version)
+	}
+	return reader{data[len(magic)+1:], nil}, nil
+}
+
 func decodeSnapshot(data []byte) (snapshot, error) {
 	var s snapshot
-	if len(data) < len(snapshotMagic)+1 || string(data[:len(snapshotMagic)]) != snapshotMagic {
-		return s, errors.New("limiter: not a limiter snapshot")
+	r, err := openSnapshot(data, snapshotMagic, snapshotVersion, "limiter")
+	if err != nil {
+		return s, err
 	}
-	if v := data[len(snapshotMagic)]; v != snapshotVersion {
-		return s, fmt.Errorf("limiter: snapshot version %d not supported (want %d)", v, snapshotVersion)
-	}
-	r := reader{data[len(snapshotMagic)+1:], nil}
 	k := r.count()
 	for i := 0; i < k && r.err == nil; i++ {
 		if i == 0 {

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // A Transport's snapshot is, after a 4-byte magic and a version byte:
@@ -142,13 +141,10 @@ var errTransportSnapshotTruncated = errors.New("limiter: Transport snapshot trun
 // with the Limiter's own decoder.
 func decodeTransportSnapshot(data []byte) (transportSnapshot, error) {
 	var s transportSnapshot
-	if len(data) < len(transportSnapshotMagic)+1 || string(data[:len(transportSnapshotMagic)]) != transportSnapshotMagic {
-		return s, errors.New("limiter: not a Transport snapshot")
+	r, err := openSnapshot(data, transportSnapshotMagic, transportSnapshotVersion, "Transport")
+	if err != nil {
+		return s, err
 	}
-	if v := data[len(transportSnapshotMagic)]; v != transportSnapshotVersion {
-		return s, fmt.Errorf("limiter: Transport snapshot version %d not supported (want %d)", v, transportSnapshotVersion)
-	}
-	r := reader{data[len(transportSnapshotMagic)+1:], nil}
 	s.conn = takeBytes(&r)
 	k := r.count()
 	seen := make(map[string]bool, k)
@@ -167,28 +163,15 @@ func decodeTransportSnapshot(data []byte) (transportSnapshot, error) {
 		return s, errTransportSnapshotTruncated
 	}
 	if _, err := decodeSnapshot(s.conn); err != nil {
-		return s, &snapshotPartError{"the connection's limiter", err}
+		return s, &partError{"Transport snapshot, the connection's limiter", err}
 	}
 	for _, p := range s.routes {
 		if _, err := decodeSnapshot(p.data); err != nil {
-			return s, &snapshotPartError{fmt.Sprintf("route %q", p.pattern), err}
+			return s, &partError{fmt.Sprintf("Transport snapshot, route %q", p.pattern), err}
 		}
 	}
 	return s, nil
 }
-
-// snapshotPartError is the error of a part of a Transport snapshot that
-// is not a Limiter snapshot: err says why.
-type snapshotPartError struct {
-	part string
-	err  error
-}
-
-func (e *snapshotPartError) Error() string {
-	return fmt.Sprintf("limiter: Transport snapshot, %s: %s", e.part, strings.TrimPrefix(e.err.Error(), "limiter: "))
-}
-
-func (e *snapshotPartError) Unwrap() error { return e.err }
 
 // restoreTarget is a route that a snapshot restores: its index, its part,
 // and a new limiter for it in case it has none yet.
@@ -212,7 +195,7 @@ func (t *Transport) restoreTargets(rt *routeTable, s transportSnapshot) ([]resto
 		}
 		fresh, err := rt.specs[i].limiter(t.clockOf())
 		if err != nil {
-			return nil, &routeError{p.pattern, err}
+			return nil, routeError(p.pattern, err)
 		}
 		out = append(out, restoreTarget{i, p.data, fresh})
 	}
