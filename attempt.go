@@ -223,13 +223,7 @@ func (c *trip) acquirePermits(learned learnedSet) error {
 // permit when it cannot. shared says that l reads the trip's clock, so
 // that c.now serves it.
 func (c *trip) hold(l *Limiter, n int, shared bool) error {
-	var t time.Duration
-	if shared {
-		t = c.now.Sub(l.epoch)
-	} else {
-		t = l.since()
-	}
-	h, err := l.holdAt(c.ctx, n, t)
+	h, err := l.holdAt(c.ctx, n, l.reading(c.now, shared))
 	if err != nil {
 		c.permits.cancel(c.now)
 		return err
@@ -500,11 +494,7 @@ func (s *permitSet) cancel(now time.Time) { s.end(now, false) }
 func (s *permitSet) end(now time.Time, done bool) {
 	for i := range s.hs[:s.n] {
 		h := &s.hs[i]
-		if h.shared {
-			h.release(now.Sub(h.l.epoch), done)
-		} else {
-			h.release(h.l.since(), done)
-		}
+		h.release(h.l.reading(now, h.shared), done)
 	}
 	s.n = 0 // what is left past n is never read again
 	switch {

@@ -45,6 +45,16 @@ func (l *Limiter) holdAt(ctx context.Context, n int, t time.Duration) (hold, err
 	return hold{l: l, n: n, p: p}, nil
 }
 
+// reading returns l's clock as a duration since its epoch: now, the
+// caller's reading of the same clock, when shared; otherwise a reading of
+// l's own clock.
+func (l *Limiter) reading(now time.Time, shared bool) time.Duration {
+	if shared {
+		return now.Sub(l.epoch)
+	}
+	return l.since()
+}
+
 // waited reports whether the hold was not granted at the caller's reading:
 // it may have waited, and the caller's clock reading is old.
 func (h hold) waited() bool { return h.p != nil }

@@ -94,8 +94,9 @@ func (o *own) add(seq uint64, id any, at int64, sent bool) {
 }
 
 // evidence returns an own call that Redis holds and that still counts at
-// server time now, by seq, id and score for admitScript (seq 0 and id ""
-// when there is none). A finished call is preferred: only Cancel removes a
+// server time now: its seq, its id for admitScript, and its score in the
+// log (seq 0 and id "" when there is none). admitScript takes the id
+// alone; the caller checks the score's call against the reply with counts. A finished call is preferred: only Cancel removes a
 // permit in flight.
 func (o *own) evidence(now int64) (seq uint64, id any, score int64) {
 	for i := len(o.done) - 1; i >= 0 && o.done[i].at > now-o.longest; i-- {
